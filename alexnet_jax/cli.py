@@ -1,0 +1,154 @@
+"""The command line: `python launch.py COMMAND ...` or the `alexnet-jax` console script.
+
+Every command that reads a config takes `--config configs/X.py` (or just `X`) and any number of
+`--config.field=value` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from alexnet_jax import configlib
+
+log = logging.getLogger("alexnet_jax")
+
+DEFAULT_CONFIG = "default"
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name: str) -> str:
+  """A config file path, or a bare name looked up in the repository's (or installed) configs/."""
+  path, sep, arg = name.partition(":")
+  candidates = [Path(path), REPO_CONFIGS / path, REPO_CONFIGS / f"{path}.py"]
+  try:
+    import configs as installed_configs  # present when the package was installed
+    base = Path(installed_configs.__file__).parent
+    candidates += [base / Path(path).name, base / f"{Path(path).name}.py"]
+  except ImportError:
+    pass
+  for candidate in candidates:
+    if candidate.is_file():
+      return str(candidate) + sep + arg
+  raise configlib.ConfigError(
+      f"--config {name}: no such config; pass a file such as configs/default.py or one of: "
+      + ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.py") if p.stem != "__init__")))
+
+
+def load_config(name: str, overrides: list[str]):
+  cfg = configlib.load_config(resolve_config_path(name))
+  configlib.apply_overrides(cfg, overrides)
+  return cfg
+
+
+def default_workdir(config_name: str) -> str:
+  return os.path.join("workdirs", Path(config_name.partition(":")[0]).stem)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+  import jax
+
+  from alexnet_jax import train
+
+  cfg = load_config(args.config, overrides)
+  workdir = args.workdir or default_workdir(args.config)
+  check_workdir(workdir, cfg)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(configlib.to_json(cfg))
+  result = train.train_and_evaluate(cfg, workdir)
+  if result:
+    print(f"held-out ({cfg.data.eval_split}, {int(result['count'])} examples): "
+          f"top-1 error {100 * result['top1_err']:.2f}% (accuracy "
+          f"{100 * (1 - result['top1_err']):.2f}%), top-5 error {100 * result['top5_err']:.2f}%, "
+          f"loss {result['loss']:.4f}. Work directory: {workdir}")
+  return 0
+
+
+def check_workdir(workdir: str, cfg) -> None:
+  """Resuming a different run into the same directory would mix two experiments: refuse."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = configlib.from_json(f.read())
+  for field in ("model", "data.name", "data.crop_size", "seed"):
+    a = old
+    b = cfg
+    for part in field.split("."):
+      a, b = a[part], b[part]
+    a = a.to_dict() if hasattr(a, "to_dict") else a
+    b = b.to_dict() if hasattr(b, "to_dict") else b
+    if a != b:
+      raise configlib.ConfigError(
+          f"work directory {workdir} holds a run with a different config.{field} "
+          f"({a!r} there, {b!r} now); pass another --workdir to start a new run")
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "train": (cmd_train, "train a config (resumes from the work directory's last checkpoint)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="launch.py", description="AlexNet in JAX: train, evaluate, export, compare, bench.")
+  sub = parser.add_subparsers(dest="command")
+  for name, (_, help_text) in COMMANDS.items():
+    p = sub.add_parser(name, help=help_text)
+    if name == "train":
+      p.add_argument("--config", default=DEFAULT_CONFIG,
+                     help="config file or name (default: configs/default.py, the offline demo)")
+      p.add_argument("--workdir", default="",
+                     help="where this run lives; the same directory again resumes "
+                          "(default: workdirs/<config name>)")
+  return parser
+
+
+def setup_logging() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                      datefmt="%H:%M:%S", stream=sys.stderr)
+  for noisy in ("absl", "jax", "orbax", "tensorflow", "etils"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    argv = ["train"] + argv  # `python launch.py` runs the offline default
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if item.startswith("--config."):
+      overrides.append(item[len("--config."):])
+    else:
+      parser.error(f"unrecognised argument {item!r}")
+  setup_logging()
+  command, _ = COMMANDS[args.command]
+  try:
+    return command(args, overrides)
+  except (configlib.ConfigError, ValueError) as e:
+    if not _is_user_error(e):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _is_user_error(e: Exception) -> bool:
+  """Config and data errors are the user's to fix: one line, no traceback."""
+  if isinstance(e, configlib.ConfigError):
+    return True
+  try:
+    from alexnet_jax.data import DataError
+  except ImportError:
+    return False
+  return isinstance(e, DataError)

@@ -1,0 +1,251 @@
+"""Configs: the full field list with defaults, loading a config file, overrides, validation.
+
+Every `configs/*.py` starts from `base_config()` and changes what its recipe needs, so every
+field exists in every config and `--config.a.b=value` works the same everywhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Eigen-decomposition of the RGB covariance of ImageNet pixels scaled to [0, 1] (PAPER.md).
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (  # columns are the eigenvectors
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+class ConfigError(ValueError):
+  """A config that cannot work; the message names the field and how to fix it."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "small"  # paper | paper6 | owt | bn | small
+  c.model.num_classes = 10
+  c.model.norm = "default"  # default (the variant's own) | lrn | batch | none
+  c.model.pool = "overlap"  # overlap (3x3 stride 2, the paper) | nonoverlap (2x2 stride 2)
+  c.model.activation = "relu"  # relu | tanh
+  c.model.dropout = 0.5
+  c.model.width = 1.0  # multiplies every layer's channel count (tests, ablations)
+  c.model.init = "default"  # default (the variant's own) | paper | pytorch | he
+  c.model.dtype = "float32"  # compute dtype; parameters stay float32
+  c.model.tower_impl = "unrolled"  # unrolled (one conv per tower) | vmap (one grouped conv)
+  c.model.lrn_k = 2.0
+  c.model.lrn_n = 5
+  c.model.lrn_alpha = 1e-4  # the paper's alpha: NOT divided by n
+  c.model.lrn_beta = 0.75
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"  # digits | imagenet2012 | folder | any tfds image-classification name
+  c.data.data_dir = ""  # tfds data_dir ("" = tfds default)
+  c.data.manual_dir = ""  # imagenet2012: folder holding ILSVRC2012_img_{train,val}.tar
+  c.data.folder = ""  # folder source: DIR/train/<class>/*, DIR/val/<class>/* (Tiny ImageNet also)
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.resize_size = 256  # shorter side before cropping
+  c.data.crop_size = 224  # network input
+  c.data.random_crop = True
+  c.data.flip = True
+  c.data.pca_lighting = 0.1  # sigma of the PCA lighting alphas; 0 turns it off
+  c.data.mean = IMAGENET_MEAN
+  c.data.std = IMAGENET_STD
+  c.data.shuffle_buffer = 16_384
+  c.data.cache = False  # cache decoded examples in memory (small datasets)
+  c.data.prefetch = 2  # batches prefetched to the devices
+  c.data.num_parallel_calls = -1  # -1 = tf.data AUTOTUNE
+
+  c.batch_size = 128  # global, over all devices and processes
+  c.eval_batch_size = 256
+  c.num_epochs = 90.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgdw"  # sgdw (decoupled decay) | sgd (coupled, PyTorch) | paper (2012 rule) | lars
+  c.optim.learning_rate = 0.01
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 5e-4
+  c.optim.decay_exclude = ("bias", "scale")  # regexes over parameter paths left undecayed
+  c.optim.schedule = "plateau"  # constant | plateau | step | warmup_cosine
+  c.optim.warmup_epochs = 0.0
+  c.optim.step_epochs = 30.0  # step: multiply by step_factor every step_epochs
+  c.optim.step_factor = 0.1
+  c.optim.plateau_factor = 0.1
+  c.optim.plateau_patience = 1  # evaluations without improvement before a drop
+  c.optim.plateau_max_drops = 3
+  c.optim.plateau_min_delta = 0.0
+  c.optim.lars_trust = 0.001
+
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.strategy = "data"
+  c.sharding.mesh = ""  # e.g. "4x2" (data x model); "" = the strategy's default
+
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.progress = True  # progress bar on stderr
+  return c
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """Load `configs/X.py` (optionally `configs/X.py:arg`) and return its get_config(arg)."""
+  path, _, arg = path.partition(":")
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist; pass --config configs/<name>.py")
+  spec = importlib.util.spec_from_file_location("_alexnet_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config(arg) if arg else module.get_config()
+  cfg.lock()  # a misspelt override must fail, not silently add a field
+  return cfg
+
+
+def _parse_value(text: str, current: Any) -> Any:
+  if isinstance(current, str):
+    return text
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"expected true or false, got {text!r}")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(current, tuple) and isinstance(value, (list, str)):
+    value = tuple(value) if isinstance(value, list) else tuple(v for v in value.split(",") if v)
+  return value
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Apply `a.b=value` overrides; the value is parsed to the field's existing type."""
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise ConfigError(f"override {item!r} has no '='; write --config.{key}=VALUE")
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        raise ConfigError(f"--config.{key}: {part!r} is not a config section")
+      node = node[part]
+    leaf = parts[-1]
+    if leaf not in node:
+      raise ConfigError(f"--config.{key}: no such field; fields here: {', '.join(sorted(node.keys()))}")
+    try:
+      with node.unlocked():
+        node[leaf] = _parse_value(text, node[leaf])
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"--config.{key}={text}: {e}") from None
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+  return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """Inverse of to_json (tuples come back as tuples, as base_config has them)."""
+  base = base_config()
+  data = json.loads(text)
+
+  def merge(node, values):
+    for k, v in values.items():
+      if isinstance(v, dict):
+        if k not in node:
+          node[k] = ml_collections.ConfigDict()
+        merge(node[k], v)
+      else:
+        node[k] = tuple(v) if isinstance(v, list) else v
+
+  merge(base, data)
+  return base
+
+
+# --- validation: one clear line naming the field, before anything compiles --------------------
+
+
+def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
+  """Raise ConfigError for a config that cannot work. `data_axis`: devices the batch splits over."""
+  import jax
+
+  from alexnet_jax import model as model_lib
+  from alexnet_jax import optim
+
+  try:
+    variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
+    model_lib.check_options(variant, opts)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+  processes = jax.process_count()
+  d, o = cfg.data, cfg.optim
+  checks = [
+      (o.name in optim.OPTIMIZERS,
+       f"config.optim.name={o.name!r}: choose one of {', '.join(optim.OPTIMIZERS)}"),
+      (o.schedule in optim.SCHEDULES,
+       f"config.optim.schedule={o.schedule!r}: choose one of {', '.join(optim.SCHEDULES)}"),
+      (o.learning_rate >= 0, f"config.optim.learning_rate={o.learning_rate}: must be >= 0"),
+      (o.weight_decay >= 0, f"config.optim.weight_decay={o.weight_decay}: must be >= 0"),
+      (0 <= o.momentum < 1, f"config.optim.momentum={o.momentum}: must be in [0, 1)"),
+      (o.warmup_epochs >= 0, f"config.optim.warmup_epochs={o.warmup_epochs}: must be >= 0"),
+      (0 < o.plateau_factor <= 1, f"config.optim.plateau_factor={o.plateau_factor}: must be in (0, 1]"),
+      (o.plateau_patience >= 1, f"config.optim.plateau_patience={o.plateau_patience}: must be >= 1"),
+      (o.step_epochs > 0, f"config.optim.step_epochs={o.step_epochs}: must be > 0"),
+      (d.pca_lighting >= 0, f"config.data.pca_lighting={d.pca_lighting}: must be >= 0 (0 = off)"),
+      (d.crop_size >= 1, f"config.data.crop_size={d.crop_size}: must be >= 1"),
+      (d.crop_size <= d.resize_size,
+       f"config.data.crop_size={d.crop_size} is larger than config.data.resize_size="
+       f"{d.resize_size}: the crop is taken from the resized image; raise resize_size or lower "
+       "crop_size"),
+      (len(d.mean) == 3 and len(d.std) == 3 and all(s > 0 for s in d.std),
+       "config.data.mean and config.data.std need 3 values each, std > 0"),
+      (cfg.num_epochs > 0, f"config.num_epochs={cfg.num_epochs}: must be > 0"),
+      (cfg.eval_every_epochs > 0, f"config.eval_every_epochs={cfg.eval_every_epochs}: must be > 0"),
+      (cfg.log_every_steps >= 1, f"config.log_every_steps={cfg.log_every_steps}: must be >= 1"),
+      (cfg.checkpoint_every_steps >= 1,
+       f"config.checkpoint_every_steps={cfg.checkpoint_every_steps}: must be >= 1"),
+      (cfg.keep_checkpoints >= 1, f"config.keep_checkpoints={cfg.keep_checkpoints}: must be >= 1"),
+  ]
+  for name in ("batch_size", "eval_batch_size"):
+    size = cfg[name]
+    checks.append((size >= 1, f"config.{name}={size}: must be >= 1"))
+    checks.append((size % processes == 0,
+                   f"config.{name}={size} is not divisible by the {processes} processes"))
+    checks.append((size % data_axis == 0,
+                   f"config.{name}={size} is not divisible by the {data_axis} devices the batch "
+                   f"is split over; use a multiple of {data_axis}"))
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(message)
+
+
+def check_against_dataset(cfg: ml_collections.ConfigDict, info) -> None:
+  """Errors that need the dataset's metadata (class count, split sizes)."""
+  if info.num_classes != cfg.model.num_classes:
+    raise ConfigError(f"config.model.num_classes={cfg.model.num_classes} but dataset "
+                      f"{cfg.data.name!r} has {info.num_classes} classes; set "
+                      f"--config.model.num_classes={info.num_classes}")
+  n_train = info.num_examples.get(cfg.data.train_split, 0)
+  if n_train < cfg.batch_size:
+    raise ConfigError(f"config.batch_size={cfg.batch_size} is larger than the {n_train} examples "
+                      f"of split {cfg.data.train_split!r}; lower the batch size")

@@ -1,0 +1,142 @@
+"""Preprocessing ops: small pure TensorFlow functions, used inside tf.data maps.
+
+Images are uint8 (height, width, 3) tensors. Random ops are stateless: each takes a `key`, a
+shape-[2] integer tensor made by `example_key(seed, epoch, example_id)`, so an example gets the
+same crop, flip and lighting whenever its (seed, epoch) comes round again, on any process.
+
+The paper's preprocessing is "rescale the shorter side to S, take the central S x S". Here the
+central square is cut first (in the original pixels) and then resized to S x S: the same view up
+to a sub-pixel, and it lets JPEG decoding skip the sides that would be thrown away.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from alexnet_jax.data._tf import tf
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def example_key(seed, epoch, example_id) -> tf.Tensor:
+  """The random key of one example in one epoch: a function of (seed, epoch, example_id) only."""
+  epoch_key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+  return tf.random.experimental.stateless_fold_in(epoch_key, tf.cast(example_id, tf.int64))
+
+
+def split_key(key, num: int) -> list[tf.Tensor]:
+  """`num` independent keys from one (one per random decision of an example)."""
+  return tf.unstack(tf.random.experimental.stateless_split(key, num))
+
+
+# --- decoding and the central square -----------------------------------------------------------
+
+
+def center_square_window(height, width):
+  """(top, left, side) of the largest centred square."""
+  side = tf.minimum(height, width)
+  return (height - side) // 2, (width - side) // 2, side
+
+
+def center_square(image: tf.Tensor) -> tf.Tensor:
+  shape = tf.shape(image)
+  top, left, side = center_square_window(shape[0], shape[1])
+  return image[top:top + side, left:left + side]
+
+
+def decode_center_square(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Decode an encoded image to RGB uint8 and keep its central square.
+
+  The format is read from the bytes, not the file name (ILSVRC2012 has PNG data in a .JPEG).
+  JPEGs decode only the square (decode_and_crop_jpeg skips whole blocks outside it; same pixels
+  as decoding everything and cropping); PNG, GIF (first frame) and BMP decode whole. channels=3
+  turns grey and CMYK into RGB.
+  """
+
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(image_bytes)
+    top, left, side = center_square_window(shape[0], shape[1])
+    return tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([top, left, side, side]), channels=3)
+
+  def other():
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return center_square(image)
+
+  square = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  square.set_shape([None, None, 3])
+  return square
+
+
+def resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Resize to size x size: bilinear, antialiased when shrinking (as PIL does), rounded to uint8."""
+  resized = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+# --- crops and flips -----------------------------------------------------------------------------
+
+
+def _crop(image: tf.Tensor, top, left, size: int) -> tf.Tensor:
+  return tf.slice(image, tf.stack([top, left, 0]), [size, size, -1])
+
+
+def _assert_fits(image: tf.Tensor, size: int) -> list[tf.Operation]:
+  # Config validation rejects crop_size > resize_size first; this guards direct callers.
+  shape = tf.shape(image)
+  return [tf.debugging.assert_greater_equal(tf.minimum(shape[0], shape[1]), size,
+                                            message="crop larger than the image")]
+
+
+def central_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The size x size crop at the centre (offsets rounded down when the margin is odd)."""
+  with tf.control_dependencies(_assert_fits(image, size)):
+    shape = tf.shape(image)
+    return _crop(image, (shape[0] - size) // 2, (shape[1] - size) // 2, size)
+
+
+def random_crop(image: tf.Tensor, size: int, key) -> tf.Tensor:
+  """A size x size crop at a uniformly random position (every position equally likely)."""
+  with tf.control_dependencies(_assert_fits(image, size)):
+    shape = tf.shape(image)
+    top_key, left_key = split_key(key, 2)
+    top = tf.random.stateless_uniform([], top_key, 0, shape[0] - size + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], left_key, 0, shape[1] - size + 1, dtype=tf.int32)
+    return _crop(image, top, left, size)
+
+
+def random_flip(image: tf.Tensor, key) -> tf.Tensor:
+  """Mirror left-right with probability 1/2."""
+  flip = tf.random.stateless_uniform([], key) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The paper's 10 test views, shape (10, size, size, 3), in this order:
+
+  0 centre, 1 top-left, 2 top-right, 3 bottom-left, 4 bottom-right, then 5..9 the left-right
+  mirrors of views 0..4. View 0 is exactly `central_crop`, so centre-crop results are a slice.
+  """
+  with tf.control_dependencies(_assert_fits(image, size)):
+    shape = tf.shape(image)
+    bottom, right = shape[0] - size, shape[1] - size
+    corners = [(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)]
+    crops = [_crop(image, top, left, size) for top, left in corners]
+    return tf.stack(crops + [tf.reverse(crop, axis=[1]) for crop in crops])
+
+
+# --- PCA lighting ----------------------------------------------------------------------------
+
+
+def pca_lighting_alphas(key, sigma: float) -> tf.Tensor:
+  """The paper's alpha_i ~ N(0, sigma), one per eigenvector (shape (3,), float32)."""
+  return sigma * tf.random.stateless_normal([3], key, dtype=tf.float32)
+
+
+def pca_lighting_shift(alphas, eigval: Sequence[float], eigvec: Sequence[Sequence[float]]):
+  """The RGB offset [p1 p2 p3] [a1*l1, a2*l2, a3*l3]^T; eigvec's columns are the p_i.
+
+  In units of pixels scaled to [0, 1]; added to every pixel later, on the device
+  (alexnet_jax.preprocess.normalize).
+  """
+  eigvec = tf.constant(eigvec, tf.float32)
+  return tf.linalg.matvec(eigvec, alphas * tf.constant(eigval, tf.float32))

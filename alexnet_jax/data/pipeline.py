@@ -1,0 +1,114 @@
+"""The train and eval pipelines: tf.data streams of per-process numpy batches.
+
+A split yields `(example_id, square, label)`; here the squares become network inputs:
+  train: crop (random or central) -> flip -> PCA lighting offset, keyed by (seed, epoch, id);
+  eval:  the central crop, or the paper's 10 views; padded at the end with mask False.
+Images stay uint8 so host-to-device traffic stays small; normalisation and the lighting offset
+are applied on the device (alexnet_jax.preprocess.normalize).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator
+
+import numpy as np
+
+from alexnet_jax import configlib
+from alexnet_jax.data import ops, order
+from alexnet_jax.data._tf import AUTOTUNE, tf
+from alexnet_jax.data.info import DataError
+from alexnet_jax.data.splits import SplitOptions
+
+VIEWS = ("center", "10crop")
+
+
+def split_options(cfg) -> SplitOptions:
+  data = cfg.data
+  return SplitOptions(resize_size=data.resize_size, num_parallel_calls=data.num_parallel_calls,
+                      cache=data.cache, shuffle_buffer=data.shuffle_buffer)
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+def make_train_example(cfg, epoch: int):
+  """The per-example train transform for `epoch` (a tf.data map function)."""
+  seed, crop, sigma = cfg.seed, cfg.data.crop_size, cfg.data.pca_lighting
+  random_crop, flip = cfg.data.random_crop, cfg.data.flip
+
+  def train_example(example_id, square, label):
+    crop_key, flip_key, lighting_key = ops.split_key(ops.example_key(seed, epoch, example_id), 3)
+    if random_crop:
+      image = ops.random_crop(square, crop, crop_key)
+    else:
+      image = ops.central_crop(square, crop)
+    if flip:
+      image = ops.random_flip(image, flip_key)
+    if sigma > 0:
+      alphas = ops.pca_lighting_alphas(lighting_key, sigma)
+      rgb_shift = ops.pca_lighting_shift(alphas, configlib.PCA_EIGVAL, configlib.PCA_EIGVEC)
+    else:
+      rgb_shift = tf.zeros([3], tf.float32)
+    return {"image": image, "label": label, "mask": tf.constant(True), "rgb_shift": rgb_shift}
+
+  return train_example
+
+
+def train_batches(cfg, split, *, epoch: int, first_batch: int, process_index: int,
+                  process_count: int) -> tf.data.Dataset:
+  """This process's batches of `epoch`, from in-epoch batch `first_batch` to the epoch's end."""
+  local = order.local_batch_size(cfg.batch_size, process_count)
+  ds = split.train_examples(seed=cfg.seed, epoch=epoch, first_batch=first_batch,
+                            global_batch=cfg.batch_size, process_index=process_index,
+                            process_count=process_count)
+  ds = ds.map(make_train_example(cfg, epoch), num_parallel_calls=split.options.parallel,
+              deterministic=True)
+  return ds.batch(local, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def train_iterator(cfg, split, *, start_step: int, steps_per_epoch: int, process_index: int,
+                   process_count: int) -> Iterator[dict[str, np.ndarray]]:
+  """Endless batches; the k-th is global step start_step + k, of epoch step // steps_per_epoch."""
+  first_epoch, first_batch = divmod(start_step, steps_per_epoch)
+  for epoch in itertools.count(first_epoch):
+    # A fresh pipeline per epoch: its order and augmentation are functions of (seed, epoch).
+    batches = train_batches(cfg, split, epoch=epoch,
+                            first_batch=first_batch if epoch == first_epoch else 0,
+                            process_index=process_index, process_count=process_count)
+    yield from batches.as_numpy_iterator()
+
+
+# --- eval -------------------------------------------------------------------------------------
+
+
+def make_eval_example(crop_size: int, views: str):
+  if views not in VIEWS:
+    raise DataError(f"views={views!r}: use one of {', '.join(VIEWS)}")
+
+  def eval_example(example_id, square, label):
+    del example_id  # evaluation is deterministic
+    if views == "center":
+      image = ops.central_crop(square, crop_size)
+    else:
+      image = ops.ten_crop(square, crop_size)
+    return {"image": image, "label": label, "mask": tf.constant(True)}
+
+  return eval_example
+
+
+def eval_batches(cfg, split, *, views: str, global_batch: int, process_index: int,
+                 process_count: int) -> tf.data.Dataset:
+  """One pass over this process's examples, padded to `num_eval_batches` full batches."""
+  local = order.local_batch_size(global_batch, process_count)
+  num_batches = order.num_eval_batches(split.num_examples, global_batch)
+  ds = split.eval_examples(global_batch=global_batch, process_index=process_index,
+                           process_count=process_count)
+  ds = ds.map(make_eval_example(cfg.data.crop_size, views),
+              num_parallel_calls=split.options.parallel, deterministic=True)
+  # Padding examples (mask False) after the real ones, cut at the same count on every process:
+  # multi-process evaluation needs every process to run the same number of steps.
+  padding = tf.data.Dataset.from_tensors(
+      {k: tf.zeros(spec.shape, spec.dtype) for k, spec in ds.element_spec.items()}).repeat()
+  ds = ds.concatenate(padding).take(num_batches * local)
+  return ds.batch(local, drop_remainder=True).prefetch(AUTOTUNE)

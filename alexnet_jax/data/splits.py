@@ -1,0 +1,145 @@
+"""Splits with random access: arrays in memory and lists of image files.
+
+A split turns a list of example indices into a tf.data stream of `(example_id, square, label)`:
+`square` is the example's central square resized to `resize_size` (uint8), `example_id` the
+index that keys its augmentation. The pipeline asks for the indices from `order`, so every
+process reads its slice of the same global permutation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from alexnet_jax.data import ops, order
+from alexnet_jax.data._tf import AUTOTUNE, tf
+from alexnet_jax.data.info import logger
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitOptions:
+  """The config fields that shape how a split reads its examples."""
+  resize_size: int
+  num_parallel_calls: int  # -1 = AUTOTUNE
+  cache: bool = False
+  shuffle_buffer: int = 16_384
+
+  @property
+  def parallel(self) -> int:
+    return AUTOTUNE if self.num_parallel_calls < 0 else self.num_parallel_calls
+
+
+class RandomAccessSplit:
+  """A split whose examples can be read in any order: one global permutation per epoch."""
+
+  num_examples: int
+  labels: np.ndarray  # int32 (num_examples,)
+  options: SplitOptions
+
+  def squares(self, indices: np.ndarray) -> tf.data.Dataset:
+    """(example_id int64, square uint8 (R, R, 3), label int32) for `indices`, in that order."""
+    raise NotImplementedError
+
+  def train_examples(self, *, seed, epoch, first_batch, global_batch, process_index,
+                     process_count) -> tf.data.Dataset:
+    return self.squares(order.train_indices(
+        seed=seed, epoch=epoch, num_examples=self.num_examples, global_batch=global_batch,
+        process_index=process_index, process_count=process_count, first_batch=first_batch))
+
+  def eval_examples(self, *, global_batch, process_index, process_count) -> tf.data.Dataset:
+    return self.squares(order.eval_indices(
+        num_examples=self.num_examples, global_batch=global_batch,
+        process_index=process_index, process_count=process_count))
+
+
+class ArraySplit(RandomAccessSplit):
+  """Images held in memory as one uint8 (N, H, W, 3) array (digits, or a cached split)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, options: SplitOptions):
+    self.labels = np.asarray(labels, np.int32)
+    self.options = options
+    self.num_examples = len(self.labels)
+    # A variable, not a constant captured by the map function: tf.data serialises captured
+    # constants each time a pipeline is built (slow for a large cache, and capped at 2 GB).
+    self.images = tf.Variable(images, trainable=False)
+
+  def squares(self, indices):
+    size = self.options.resize_size
+    _, height, width, _ = self.images.shape
+    needs_resize = (height, width) != (size, size)
+
+    def load(example_id, label):
+      image = tf.gather(self.images, example_id)
+      if needs_resize:
+        image = ops.resize_square(ops.center_square(image), size)
+      return example_id, image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((indices.astype(np.int64), self.labels[indices]))
+    return ds.map(load, num_parallel_calls=self.options.parallel, deterministic=True)
+
+
+class FileSplit(RandomAccessSplit):
+  """Image files on disk (JPEG, PNG, GIF, BMP), decoded in parallel on the fly."""
+
+  def __init__(self, paths: list[str], labels: np.ndarray, options: SplitOptions):
+    self.paths = np.asarray(paths, dtype=object)
+    self.labels = np.asarray(labels, np.int32)
+    self.options = options
+    self.num_examples = len(self.paths)
+
+  def squares(self, indices):
+    size = self.options.resize_size
+    count = len(indices)
+    example_ids = tf.constant(indices.astype(np.int64))
+    paths = tf.constant(self.paths[indices].astype(str))
+    labels = tf.constant(self.labels[indices])
+
+    def load(position):
+      square = ops.decode_center_square(tf.io.read_file(paths[position]))
+      return position, ops.resize_square(square, size)
+
+    # Files failing the header check never get here. One that passes it and still fails to
+    # decode is dropped by ignore_errors(); fill_gaps puts a black square (logged by name) in
+    # its place, so later examples keep their positions: batches must depend neither on where
+    # a run was resumed nor on the process count.
+    def fill_gaps(expected, element):
+      position, square = element
+
+      def log_missing():
+        return tf.py_function(_log_undecodable, [paths[expected:position]], tf.bool)
+
+      logged = tf.cond(position > expected, log_missing, lambda: tf.constant(True))
+      with tf.control_dependencies([logged]):
+        blacks = tf.zeros(tf.stack([position - expected, size, size, 3]), tf.uint8)
+        squares = tf.concat([blacks, square[None]], axis=0)
+      return position + 1, (tf.range(expected, position + 1), squares)
+
+    def with_id_and_label(position, square):
+      return example_ids[position], square, labels[position]
+
+    ds = tf.data.Dataset.range(count).map(load, num_parallel_calls=self.options.parallel,
+                                          deterministic=True).ignore_errors()
+    # A sentinel one past the end lets fill_gaps fill a gap at the end too; take() drops it.
+    sentinel = (tf.constant(count, tf.int64), tf.zeros([size, size, 3], tf.uint8))
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
+    ds = ds.scan(tf.constant(0, tf.int64), fill_gaps).unbatch().take(count)
+    return ds.map(with_id_and_label)
+
+
+def _log_undecodable(paths) -> bool:
+  names = ", ".join(p.decode() for p in paths.numpy())
+  logger.warning("could not decode %s although the header check passed; using black images", names)
+  return True
+
+
+def materialize(split: RandomAccessSplit, description: str) -> ArraySplit:
+  """Decode and resize a whole split once into memory (cfg.data.cache, for small datasets)."""
+  size = split.options.resize_size
+  images = np.zeros((split.num_examples, size, size, 3), np.uint8)
+  batches = split.squares(np.arange(split.num_examples)).batch(256).prefetch(2)
+  for example_ids, squares, _ in batches.as_numpy_iterator():
+    images[example_ids] = squares
+  logger.info("%s: cached %d examples at %dx%d in memory (%.1f MB)", description,
+              split.num_examples, size, size, images.nbytes / 2**20)
+  return ArraySplit(images, split.labels, split.options)
