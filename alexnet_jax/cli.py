@@ -93,27 +93,38 @@ def check_workdir(workdir: str, cfg) -> None:
           f"({a!r} there, {b!r} now); pass another --workdir to start a new run")
 
 
-COMMANDS: dict[str, tuple[Callable, str]] = {
-    "train": (cmd_train, "train a config (resumes from the work directory's last checkpoint)"),
+def add_config_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--config", default=DEFAULT_CONFIG,
+                 help="config file or name (default: configs/default.py, the offline demo); "
+                      "add --config.FIELD=VALUE to override any field")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+  add_config_args(p)
+  p.add_argument("--workdir", default="",
+                 help="where this run lives; the same directory again resumes "
+                      "(default: workdirs/<config name>)")
+
+
+# name -> (function(args, overrides) -> exit code, help, function adding the arguments)
+COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
+    "train": (cmd_train, "train a config (resumes from the work directory's last checkpoint)",
+              add_train_args),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="launch.py", description="AlexNet in JAX: train, evaluate, export, compare, bench.")
-  sub = parser.add_subparsers(dest="command")
-  for name, (_, help_text) in COMMANDS.items():
-    p = sub.add_parser(name, help=help_text)
-    if name == "train":
-      p.add_argument("--config", default=DEFAULT_CONFIG,
-                     help="config file or name (default: configs/default.py, the offline demo)")
-      p.add_argument("--workdir", default="",
-                     help="where this run lives; the same directory again resumes "
-                          "(default: workdirs/<config name>)")
+      prog="launch.py", description="AlexNet in JAX: train, evaluate, export, compare, bench.",
+      epilog="With no command, runs `train` on the offline default (configs/default.py).")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  for name, (_, help_text, add_args) in COMMANDS.items():
+    add_args(sub.add_parser(name, help=help_text, description=help_text))
   return parser
 
 
 def setup_logging() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                       datefmt="%H:%M:%S", stream=sys.stderr)
   for noisy in ("absl", "jax", "orbax", "tensorflow", "etils"):
@@ -133,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
       parser.error(f"unrecognised argument {item!r}")
   setup_logging()
-  command, _ = COMMANDS[args.command]
+  command = COMMANDS[args.command][0]
   try:
     return command(args, overrides)
   except (configlib.ConfigError, ValueError) as e:
