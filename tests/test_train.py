@@ -1,0 +1,209 @@
+"""The train step, the eval loop, the training loop and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from alexnet_jax import cli, configlib, data, model as model_lib, optim, sharding, train
+from alexnet_jax.metric_writer import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_config(**overrides):
+  cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
+  configlib.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+  return cfg
+
+
+def one_step_setup(cfg):
+  fns = train.model_fns(cfg)
+  tx = optim.make_optimizer(cfg.optim)
+  schedule = optim.make_schedule(cfg.optim, 10, 100)
+  init = train.init_state_fn(fns, tx, cfg.seed)
+  return fns, tx, schedule, init
+
+
+def random_batch(cfg, n, seed=0):
+  rng = np.random.default_rng(seed)
+  size = cfg.data.crop_size
+  return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+          "label": rng.integers(0, cfg.model.num_classes, (n,), dtype=np.int32),
+          "mask": np.ones((n,), bool),
+          "rgb_shift": rng.normal(0, 0.01, (n, 3)).astype(np.float32)}
+
+
+# --- the step -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,size", [("paper", 227), ("paper6", 227), ("owt", 224), ("bn", 227)])
+def test_full_size_variants_train_a_step(name, size):
+  cfg = make_config(**{"model.name": name, "model.width": 1.0, "model.num_classes": 1000,
+                       "data.crop_size": size, "data.resize_size": 256})
+  fns, tx, schedule, init = one_step_setup(cfg)
+  state = train.create_state(init, None)
+  before = np.asarray(state.params["fc6"]["kernel"][..., :4])
+  step = jax.jit(train.make_train_step(cfg, fns, tx, schedule), donate_argnums=0)
+  state, metrics = step(state, random_batch(cfg, 2))
+  assert int(state.step) == 1
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  assert not np.array_equal(np.asarray(state.params["fc6"]["kernel"][..., :4]), before)
+
+
+def test_top_k_errors_count_the_rank_of_the_true_label():
+  logits = jnp.asarray([[0.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0],    # label 1: top-1
+                        [6.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0],    # label 1: rank 1 (top-5)
+                        [6.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0]])   # label 6: rank 6
+  m = train.train_metrics(logits, jnp.asarray([1, 1, 6]), jnp.asarray([True, True, True]))
+  assert float(m["top1_err"]) == pytest.approx(2 / 3)
+  assert float(m["top5_err"]) == pytest.approx(1 / 3)
+  masked = train.train_metrics(logits, jnp.asarray([1, 1, 6]), jnp.asarray([True, True, False]))
+  assert float(masked["top5_err"]) == 0.0 and float(masked["top1_err"]) == pytest.approx(0.5)
+
+
+def test_data_parallel_step_on_8_devices_equals_one_device():
+  cfg = make_config()
+  fns, tx, schedule, init = one_step_setup(cfg)
+  batch = random_batch(cfg, 32)
+  step_fn = train.make_train_step(cfg, fns, tx, schedule)
+
+  single, m1 = jax.jit(step_fn)(train.create_state(init, None), batch)
+
+  strategy = sharding.get_strategy("data")
+  mesh = sharding.make_mesh(strategy, (8,))
+  shapes = jax.eval_shape(init)
+  shardings = train.state_shardings(shapes, mesh, strategy)
+  state = train.create_state(init, shardings)
+  global_batch = sharding.put_batch(batch, sharding.batch_sharding(mesh, strategy))
+  assert len(global_batch["image"].sharding.device_set) == 8
+  multi, m8 = jax.jit(step_fn, out_shardings=(shardings, NamedSharding(mesh, P())))(state,
+                                                                                  global_batch)
+  assert float(m8["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(multi.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+def test_eval_counts_every_example_exactly_once():
+  # 360 held-out digits in batches of 64 (8 devices): 6 batches, the last padded and masked.
+  cfg = make_config(eval_batch_size=64)
+  fns, tx, _, init = one_step_setup(cfg)
+  state = train.create_state(init, None)
+  strategy = sharding.get_strategy("data")
+  mesh = sharding.make_mesh(strategy, (8,))
+  eval_step = jax.jit(train.make_eval_step(cfg, fns))
+  got = train.run_eval(eval_step, state.params, state.model_state, data.eval_iterator(cfg),
+                       sharding.batch_sharding(mesh, strategy))
+  assert got["count"] == 360
+
+  # The same figures computed directly over all real examples at once.
+  batches = list(data.eval_iterator(cfg))
+  images = np.concatenate([b["image"][b["mask"]] for b in batches])
+  labels = np.concatenate([b["label"][b["mask"]] for b in batches])
+  assert len(images) == 360
+  one = eval_step(state.params, state.model_state,
+                  {"image": images, "label": labels, "mask": np.ones(360, bool)})
+  for k in ("top1_err", "top5_err", "loss"):
+    assert got[k] == pytest.approx(float(one[k]) / 360, rel=1e-5, abs=1e-7)
+
+
+# --- the loop and the command line ----------------------------------------------------------
+
+
+def run_launch(*args, env_extra=None, timeout=600):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+  env["PYTHONPATH"] = REPO
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch.py"), *args], env=env,
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_default_config_reaches_its_stated_accuracy(tmp_path):
+  """`python launch.py train` (configs/default.py, offline digits) reaches >= 98% held out."""
+  workdir = tmp_path / "default"
+  proc = run_launch("train", "--workdir", str(workdir), "--config.progress=false")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = read_metrics(str(workdir))
+  evals = [r for r in records if r["split"] == "eval"]
+  final = evals[-1]
+  assert final["count"] == 360
+  assert 1 - final["top1_err"] >= 0.98, final
+  assert "held-out" in proc.stdout and "accuracy" in proc.stdout
+  # The work directory holds the run: resolved config, JSON-lines metrics, TensorBoard, checkpoints.
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["name"] == "small" and saved["data"]["name"] == "digits"
+  train_records = [r for r in records if r["split"] == "train"]
+  assert train_records[-1]["step"] == final["step"] == max(r["step"] for r in records)
+  assert all(k in train_records[0] for k in ("loss", "top1_err", "top5_err", "lr", "img_per_s"))
+  tb_files = [f for f in os.listdir(workdir / "tb") if "tfevents" in f]
+  assert tb_files and os.path.getsize(workdir / "tb" / tb_files[0]) > 100
+  assert str(final["step"]) in os.listdir(workdir / "checkpoints")
+
+
+def test_same_workdir_resumes_from_the_latest_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  cfg = make_config(num_epochs=0.25, checkpoint_every_steps=4, log_every_steps=1,
+                    eval_every_epochs=10.0)
+  train.train_and_evaluate(cfg, workdir)  # 11 steps; checkpoints at 4, 8, 11
+  first = [r for r in read_metrics(workdir) if r["split"] == "train"]
+  assert [r["step"] for r in first] == list(range(1, 12))
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                if d.isdigit()) == [4, 8, 11][-cfg.keep_checkpoints:]
+
+  cfg.num_epochs = 0.5
+  train.train_and_evaluate(cfg, workdir)  # resumes at 11, runs to 22
+  second = [r for r in read_metrics(workdir) if r["split"] == "train"][len(first):]
+  assert [r["step"] for r in second] == list(range(12, 23))
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.name=vgg", "config.model.name='vgg'"),
+    ("data.name=no_such_dataset_xyz", "no_such_dataset_xyz"),
+    ("batch_size=12", "config.batch_size=12 is not divisible by the 8 devices"),
+    ("data.crop_size=40", "config.data.crop_size=40 is larger than config.data.resize_size=36"),
+    ("optim.learning_rate=-0.1", "config.optim.learning_rate=-0.1"),
+    ("model.dropout=1.5", "config.model.dropout=1.5"),
+    ("model.num_classes=7", "config.model.num_classes=7 but dataset 'digits' has 10 classes"),
+    ("sharding.strategy=magic", "config.sharding.strategy='magic'"),
+    ("nonexistent=1", "--config.nonexistent: no such field"),
+])
+def test_bad_config_stops_with_one_line_naming_the_field(override, needle, tmp_path, capsys,
+                                                         monkeypatch):
+  compiled = []
+  monkeypatch.setattr(train, "make_train_step", lambda *a, **k: compiled.append(1))
+  rc = cli.main(["train", "--config", os.path.join(REPO, "configs", "test.py"),
+                 "--workdir", str(tmp_path / "w"), f"--config.{override}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2
+  assert err[-1].startswith("error: ") and needle in err[-1], err
+  assert not compiled  # nothing was built, let alone compiled
+
+
+def test_unknown_config_file_and_workdir_of_another_run(tmp_path, capsys):
+  assert cli.main(["train", "--config", "no_such_config"]) == 2
+  assert "no such config" in capsys.readouterr().err
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  other = make_config(**{"model.name": "paper", "model.num_classes": 1000})
+  (workdir / "config.json").write_text(configlib.to_json(other))
+  assert cli.main(["train", "--config", os.path.join(REPO, "configs", "test.py"),
+                   "--workdir", str(workdir)]) == 2
+  assert "holds a run with a different config.model" in capsys.readouterr().err
+
+
+def test_overrides_are_parsed_to_the_fields_type():
+  cfg = make_config()
+  configlib.apply_overrides(cfg, ["optim.learning_rate=1", "data.flip=true", "model.name=owt",
+                                  "optim.decay_exclude=bias,scale", "data.mean=(0.5,0.5,0.5)"])
+  assert cfg.optim.learning_rate == 1.0 and isinstance(cfg.optim.learning_rate, float)
+  assert cfg.data.flip is True and cfg.model.name == "owt"
+  assert cfg.optim.decay_exclude == ("bias", "scale") and cfg.data.mean == (0.5, 0.5, 0.5)
+  with pytest.raises(configlib.ConfigError, match="config.batch_size"):
+    configlib.apply_overrides(cfg, ["batch_size=many"])
+  assert configlib.from_json(configlib.to_json(cfg)).to_dict() == cfg.to_dict()
