@@ -7,10 +7,11 @@ batch, and how the model maps its towers. Adding a strategy is adding a table en
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -101,3 +102,16 @@ def batch_sharding(mesh: Mesh, strategy: Strategy) -> NamedSharding:
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Per-process numpy batch -> global jax.Arrays, each process contributing its rows."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches: Iterator[dict[str, np.ndarray]], size: int,
+                       sharding: NamedSharding) -> Iterator[dict[str, jax.Array]]:
+  """Keep `size` batches in flight to the devices (transfers are asynchronous), so the copy of
+  the next batch overlaps the current step."""
+  queue: collections.deque = collections.deque()
+  for batch in batches:
+    queue.append(put_batch(batch, sharding))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -303,10 +303,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
                           f"checkpoint (step {checkpointer.latest_step()}) is kept. Lower "
                           "config.optim.learning_rate or check the data.")
 
-  batches = data.train_iterator(cfg, start_step=start_step)
+  batches = shard_lib.prefetch_to_device(data.train_iterator(cfg, start_step=start_step),
+                                         cfg.data.prefetch, batch_sharding)
   try:
     for step in range(start_step, total_steps):
-      state, metrics = train_step(state, shard_lib.put_batch(next(batches), batch_sharding))
+      state, metrics = train_step(state, next(batches))
       history.append(metrics)
       done = step + 1
       if done % cfg.log_every_steps == 0 or done == total_steps:

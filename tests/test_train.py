@@ -207,3 +207,20 @@ def test_overrides_are_parsed_to_the_fields_type():
   with pytest.raises(configlib.ConfigError, match="config.batch_size"):
     configlib.apply_overrides(cfg, ["batch_size=many"])
   assert configlib.from_json(configlib.to_json(cfg)).to_dict() == cfg.to_dict()
+
+
+def test_prefetch_to_device_keeps_order_and_reads_only_size_ahead():
+  strategy = sharding.get_strategy("data")
+  mesh = sharding.make_mesh(strategy, (8,))
+  pulled = []
+
+  def source():
+    for i in range(5):
+      pulled.append(i)
+      yield {"x": np.full((8, 2), i, np.float32)}
+
+  stream = sharding.prefetch_to_device(source(), 2, sharding.batch_sharding(mesh, strategy))
+  first = next(stream)
+  assert float(first["x"][0, 0]) == 0 and len(pulled) == 3  # batch 0 out, 1 and 2 in flight
+  assert len(first["x"].sharding.device_set) == 8
+  assert [float(b["x"][0, 0]) for b in stream] == [1, 2, 3, 4]
