@@ -123,14 +123,14 @@ def per_device_bytes(shapes, shardings) -> int:
 
 
 def peak_bytes(compiled) -> int | None:
-  """Per-device peak from XLA's memory analysis: its own peak where the backend reports one,
-  else arguments + outputs - donated (aliased) + temporaries."""
+  """Per-device bytes the compiled step needs, from XLA's memory analysis: arguments + outputs
+  - donated (aliased) + the temporary buffer (XLA allocates it whole for the step).
+
+  (XLA:CPU's own `peak_memory_in_bytes` leaves the temporaries out, so it is not used.)
+  """
   stats = compiled.memory_analysis()
   if stats is None:
     return None
-  peak = getattr(stats, "peak_memory_in_bytes", 0) or 0
-  if peak > 0:
-    return int(peak)
   return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
              - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 

@@ -88,6 +88,11 @@ def initialize(args: argparse.Namespace) -> bool:
       kwargs = {}  # JAX's own detection (its Kubernetes finder has no name to ask for)
     else:
       kwargs = dict(cluster_detection_method=cluster)
+      # JAX gives each process GPU number <local rank> of its node; a launcher that already
+      # shows each task just its own GPU leaves that GPU as number 0.
+      visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+      if visible and len(visible.split(",")) == 1:
+        kwargs["local_device_ids"] = [0]
   # Collectives between CPU devices of different processes (the GPU backend has its own).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)

@@ -28,6 +28,7 @@ Array = jax.Array
 TowerMap = Callable[[Callable], Callable]
 # `constrain(point, x) -> x` lets a sharding strategy place arrays at named points: the
 # activations entering a layer ("conv1".."conv5", "fc6".."fc8"; merged, never per tower), the
+# towers' outputs (T, N, ...) just before they merge into a layer ("conv3/towers"), the
 # "logits", and each layer's weights where they are used ("fc6/kernel", "conv1/bias").
 Constrain = Callable[[str, Array], Array]
 
@@ -374,7 +375,9 @@ class AlexNet(nnx.Module):
         # layer a collective belongs to; towers are merged inside the scope of the layer that
         # reads them (the paper's meeting points: conv3, fc6, fc7, fc8).
         with jax.named_scope(run[0].name):
-          x = constrain(run[0].name, merge_towers(x) if towered and j else x)
+          if towered and j:
+            x = merge_towers(constrain(f"{run[0].name}/towers", x))
+          x = constrain(run[0].name, x)
           params = [self._weights(spec.name, constrain) for spec in run]
           if towered:  # per-tower layers take no constraint: the tower_map places the towers
             x = tower_map(self._conv_segment(run))(x, params)
@@ -384,7 +387,7 @@ class AlexNet(nnx.Module):
     dense = self._dense_segment()
     for i, name in enumerate(self.fc_names):
       with jax.named_scope(name):
-        x = merge_towers(x) if towered else x
+        x = merge_towers(constrain(f"{name}/towers", x)) if towered else x
         if i == 0:
           if self.variant.avgpool_to:
             x = adaptive_avg_pool(x, self.variant.avgpool_to)
@@ -396,7 +399,7 @@ class AlexNet(nnx.Module):
         x = tower_map(dense)(x, params) if towered else dense(x, params)
     if towered:
       with jax.named_scope(self.classifier_name):
-        x = merge_towers(x)
+        x = merge_towers(constrain(f"{self.classifier_name}/towers", x))
     last_key = keys[len(self.fc_names)] if self.classifier_name in self.variant.dropout_on else None
     return x, last_key
 

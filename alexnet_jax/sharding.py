@@ -157,6 +157,9 @@ STRATEGIES: dict[str, Strategy] = {
         "two_tower", ("data", "model"),
         rules=((_TOWERED, P("model")),),
         batch_spec=P("data"),
+        # The towers' outputs are gathered whole onto both towers' devices (one all-gather over
+        # the model axis) right before the layer that reads both; the merge is then local.
+        activations=((r".*/towers", P(None, "data")),),
         tower_axis="model",
         default_second=lambda n: 2 if n % 2 == 0 else 1,
         description="the paper's split: one tower per device on the model axis (shard_map), "
@@ -179,7 +182,8 @@ STRATEGIES: dict[str, Strategy] = {
         # Each layer's weights are gathered where the layer uses them (the backward pass turns
         # the gather into a reduction of the gradient onto the shards); activations stay split
         # by example, so GSPMD moves weights, not activations.
-        activations=((r".*/(kernel|bias)", P()), (r".*", P(("data", "fsdp")))),
+        activations=((r".*/(kernel|bias)", P()),
+                     (r"(conv|fc)\d+|logits", P(("data", "fsdp")))),
         default_second=lambda n: n,
         description="ZeRO-3: parameters and optimizer state sharded, gathered per layer"),
 }
