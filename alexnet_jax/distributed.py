@@ -93,8 +93,12 @@ def initialize(args: argparse.Namespace) -> bool:
       visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
       if visible and len(visible.split(",")) == 1:
         kwargs["local_device_ids"] = [0]
-  # Collectives between CPU devices of different processes (the GPU backend has its own).
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Collectives between CPU devices of different processes (the GPU backend has its own);
+  # gloo is JAX 0.10's default, named here so that no other default is picked up.
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # a JAX without the option: its own default
+    pass
   jax.distributed.initialize(**kwargs)
   if jax.process_index() != 0:  # one voice: the others log only warnings and errors
     logging.getLogger("alexnet_jax").setLevel(logging.WARNING)

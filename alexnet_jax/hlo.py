@@ -142,7 +142,8 @@ def _op_names(line: str) -> list[str]:
 
 
 def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
-  """Every collective in the HLO text of a compiled SPMD program."""
+  """Every collective in the HLO text of a compiled SPMD program that moves data: one whose
+  groups all hold a single device (a sum over a mesh axis of size 1) is left out."""
   found = []
   for line in hlo_text.splitlines():
     m = _INSTRUCTION.match(line)
@@ -159,10 +160,12 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
     names = _op_names(line)
     if len(names) != len(sizes):
       names = [names[0] if names else ""] * len(sizes)
+    groups = parse_groups(line, num_devices)
+    if groups is not None and all(len(set(g)) <= 1 for g in groups):
+      continue
     found.append(Collective(
         kind=m.group("op"), name=m.group("name"),
-        parts=tuple(Part(b, n) for b, n in zip(sizes, names)),
-        groups=parse_groups(line, num_devices)))
+        parts=tuple(Part(b, n) for b, n in zip(sizes, names)), groups=groups))
   return found
 
 
