@@ -53,6 +53,10 @@ def default_workdir(config_name: str) -> str:
 
 
 def cmd_train(args, overrides: list[str]) -> int:
+  from alexnet_jax import distributed
+
+  distributed.initialize(args)  # before any other JAX call
+
   import jax
 
   from alexnet_jax import train
@@ -62,8 +66,10 @@ def cmd_train(args, overrides: list[str]) -> int:
   check_workdir(workdir, cfg)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    # Written whole and renamed: another process checking the directory never reads half a file.
+    with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
       f.write(configlib.to_json(cfg))
+    os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
   result = train.train_and_evaluate(cfg, workdir)
   if result:
     print(f"held-out ({cfg.data.eval_split}, {int(result['count'])} examples): "
@@ -100,16 +106,40 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+  from alexnet_jax import distributed
+
   add_config_args(p)
   p.add_argument("--workdir", default="",
                  help="where this run lives; the same directory again resumes "
                       "(default: workdirs/<config name>)")
+  distributed.add_arguments(p)
+
+
+def cmd_compare(args, overrides: list[str]) -> int:
+  from alexnet_jax import compare
+
+  return compare.cmd_compare(args, overrides)
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+  add_config_args(p)
+  p.add_argument("--strategies", default="data,two_tower,weird_trick,fsdp",
+                 help="comma-separated strategy names (default: all four)")
+  p.add_argument("--mesh", default="",
+                 help="one mesh for every strategy ('4x2' = data x second axis), or "
+                      "name=shape pairs ('two_tower=4x2,fsdp=1x8'); default: each strategy's own")
+  p.add_argument("--steps", type=int, default=10, help="timed steps per strategy (default 10)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+  p.add_argument("--workdir", default="workdirs/compare",
+                 help="where compare.md, compare.csv and compare.png are written")
 
 
 # name -> (function(args, overrides) -> exit code, help, function adding the arguments)
 COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
     "train": (cmd_train, "train a config (resumes from the work directory's last checkpoint)",
               add_train_args),
+    "compare": (cmd_compare, "compile and time each sharding strategy's train step; tables "
+                             "and a chart of time, memory and collectives", add_compare_args),
 }
 
 

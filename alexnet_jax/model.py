@@ -26,6 +26,16 @@ from flax import nnx
 
 Array = jax.Array
 TowerMap = Callable[[Callable], Callable]
+# `constrain(point, x) -> x` lets a sharding strategy place arrays at named points: the
+# activations entering a layer ("conv1".."conv5", "fc6".."fc8"; merged, never per tower), the
+# towers' outputs (T, N, ...) just before they merge into a layer ("conv3/towers"), the
+# "logits", and each layer's weights where they are used ("fc6/kernel", "conv1/bias").
+Constrain = Callable[[str, Array], Array]
+
+
+def no_constraint(point: str, x: Array) -> Array:
+  del point
+  return x
 
 
 # --- the layer tables -----------------------------------------------------------------------
@@ -294,19 +304,22 @@ class AlexNet(nnx.Module):
 
   # Segments: the pure per-tower functions that tower_map maps.
 
-  def _conv_segment(self, specs: tuple[Conv, ...]) -> Callable:
+  def _conv_segment(self, specs: tuple[Conv, ...], constrain: Constrain = no_constraint) -> Callable:
     act = ACTIVATIONS[self.opts.activation]
     window, stride = POOLS[self.opts.pool]
     k, n, alpha, beta = self.opts.lrn
     use_lrn = self.opts.norm == "lrn"
 
     def segment(x, params):
-      for spec, (kernel, bias) in zip(specs, params):
-        x = act(conv2d(x, kernel, spec.stride, spec.padding) + bias.astype(x.dtype))
-        if use_lrn and spec.lrn:
-          x = local_response_norm(x, k, n, alpha, beta)
-        if spec.pool:
-          x = max_pool(x, window, stride)
+      for i, (spec, (kernel, bias)) in enumerate(zip(specs, params)):
+        # Named scopes put the layer into the compiled program's op names (HLO analysis).
+        with jax.named_scope(spec.name):
+          x = x if i == 0 else constrain(spec.name, x)
+          x = act(conv2d(x, kernel, spec.stride, spec.padding) + bias.astype(x.dtype))
+          if use_lrn and spec.lrn:
+            x = local_response_norm(x, k, n, alpha, beta)
+          if spec.pool:
+            x = max_pool(x, window, stride)
       return x
 
     return segment
@@ -324,12 +337,14 @@ class AlexNet(nnx.Module):
       runs[-1].append(spec)
     return [tuple(r) for r in runs]
 
-  def _weights(self, name: str) -> tuple[Array, Array]:
+  def _weights(self, name: str, constrain: Constrain = no_constraint) -> tuple[Array, Array]:
     w = getattr(self, name)
-    return w.kernel[...], w.bias[...]
+    with jax.named_scope(name):  # a run of layers reads all its weights in its first layer's scope
+      return constrain(f"{name}/kernel", w.kernel[...]), constrain(f"{name}/bias", w.bias[...])
 
   def embed(self, x: Array, *, train: bool = False, dropout_key: Array | None = None,
-            tower_map: TowerMap | None = None) -> tuple[Array, Array | None]:
+            tower_map: TowerMap | None = None,
+            constrain: Constrain | None = None) -> tuple[Array, Array | None]:
     """Images (N, H, W, 3) -> the fc7 activations (N, T*fc7), merged, before dropout.
 
     Returns (features, the dropout key left for the classifier's input).
@@ -337,6 +352,7 @@ class AlexNet(nnx.Module):
     dtype = DTYPES[self.opts.dtype]
     x = x.astype(dtype)
     tower_map = tower_map or TOWER_IMPLS[self.opts.tower_impl]
+    constrain = constrain or no_constraint
     towered = self.variant.towers > 1
     keys = list(jax.random.split(dropout_key, 4)) if (train and dropout_key is not None) else [None] * 4
     rate = self.opts.dropout
@@ -345,37 +361,59 @@ class AlexNet(nnx.Module):
       act = ACTIVATIONS[self.opts.activation]
       window, stride = POOLS[self.opts.pool]
       for spec in self.conv_specs:
-        kernel = getattr(self, spec.name).kernel[...]
-        x = conv2d(x, kernel, spec.stride, spec.padding)
-        x = getattr(self, spec.name + "_bn")(x, use_running_average=not train).astype(dtype)
-        x = act(x)
-        if spec.pool:
-          x = max_pool(x, window, stride)
+        with jax.named_scope(spec.name):
+          x = constrain(spec.name, x)
+          kernel = constrain(f"{spec.name}/kernel", getattr(self, spec.name).kernel[...])
+          x = conv2d(x, kernel, spec.stride, spec.padding)
+          x = getattr(self, spec.name + "_bn")(x, use_running_average=not train).astype(dtype)
+          x = act(x)
+          if spec.pool:
+            x = max_pool(x, window, stride)
     else:
-      for run in self._conv_runs():
-        params = [self._weights(spec.name) for spec in run]
-        segment = self._conv_segment(run)
-        x = merge_towers(tower_map(segment)(x, params)) if towered else segment(x, params)
+      for j, run in enumerate(self._conv_runs()):
+        # Each layer runs under a named scope, so the compiled program's op names say which
+        # layer a collective belongs to; towers are merged inside the scope of the layer that
+        # reads them (the paper's meeting points: conv3, fc6, fc7, fc8).
+        with jax.named_scope(run[0].name):
+          if towered and j:
+            x = merge_towers(constrain(f"{run[0].name}/towers", x))
+          x = constrain(run[0].name, x)
+          params = [self._weights(spec.name, constrain) for spec in run]
+          if towered:  # per-tower layers take no constraint: the tower_map places the towers
+            x = tower_map(self._conv_segment(run))(x, params)
+          else:
+            x = self._conv_segment(run, constrain)(x, params)
 
-    if self.variant.avgpool_to:
-      x = adaptive_avg_pool(x, self.variant.avgpool_to)
-    x = x.reshape(x.shape[0], -1)
     dense = self._dense_segment()
     for i, name in enumerate(self.fc_names):
-      if name in self.variant.dropout_on:
-        x = dropout(x, rate, keys[i])
-      params = self._weights(name)
-      x = merge_towers(tower_map(dense)(x, params)) if towered else dense(x, params)
+      with jax.named_scope(name):
+        x = merge_towers(constrain(f"{name}/towers", x)) if towered else x
+        if i == 0:
+          if self.variant.avgpool_to:
+            x = adaptive_avg_pool(x, self.variant.avgpool_to)
+          x = x.reshape(x.shape[0], -1)
+        x = constrain(name, x)
+        if name in self.variant.dropout_on:
+          x = dropout(x, rate, keys[i])
+        params = self._weights(name, constrain)
+        x = tower_map(dense)(x, params) if towered else dense(x, params)
+    if towered:
+      with jax.named_scope(self.classifier_name):
+        x = merge_towers(constrain(f"{self.classifier_name}/towers", x))
     last_key = keys[len(self.fc_names)] if self.classifier_name in self.variant.dropout_on else None
     return x, last_key
 
   def __call__(self, x: Array, *, train: bool = False, dropout_key: Array | None = None,
-               tower_map: TowerMap | None = None) -> Array:
-    features, key = self.embed(x, train=train, dropout_key=dropout_key, tower_map=tower_map)
-    features = dropout(features, self.opts.dropout, key)
-    kernel, bias = self._weights(self.classifier_name)
-    logits = features @ kernel.astype(features.dtype) + bias.astype(features.dtype)
-    return logits.astype(jnp.float32)
+               tower_map: TowerMap | None = None, constrain: Constrain | None = None) -> Array:
+    constrain = constrain or no_constraint
+    features, key = self.embed(x, train=train, dropout_key=dropout_key, tower_map=tower_map,
+                               constrain=constrain)
+    with jax.named_scope(self.classifier_name):
+      features = constrain(self.classifier_name, features)
+      features = dropout(features, self.opts.dropout, key)
+      kernel, bias = self._weights(self.classifier_name, constrain)
+      logits = features @ kernel.astype(features.dtype) + bias.astype(features.dtype)
+    return constrain("logits", logits.astype(jnp.float32))
 
 
 # --- building from a config -----------------------------------------------------------------

@@ -56,16 +56,18 @@ class ModelFns:
   graphdef: Any
   init: Callable[[jax.Array], tuple[Any, Any]]  # key -> (params, model_state)
 
-  def apply(self, params, model_state, images, *, train, dropout_key=None, tower_map=None):
+  def apply(self, params, model_state, images, *, train, dropout_key=None, tower_map=None,
+            constrain=None):
     """-> (logits, new model_state)."""
     model = nnx.merge(self.graphdef, params, model_state)
-    logits = model(images, train=train, dropout_key=dropout_key, tower_map=tower_map)
+    logits = model(images, train=train, dropout_key=dropout_key, tower_map=tower_map,
+                   constrain=constrain)
     return logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
 
-  def embed(self, params, model_state, images, *, tower_map=None):
+  def embed(self, params, model_state, images, *, tower_map=None, constrain=None):
     """Images -> fc7 activations (inference mode)."""
     model = nnx.merge(self.graphdef, params, model_state)
-    return model.embed(images, train=False, tower_map=tower_map)[0]
+    return model.embed(images, train=False, tower_map=tower_map, constrain=constrain)[0]
 
 
 def model_fns(cfg) -> ModelFns:
@@ -105,7 +107,8 @@ def train_metrics(logits, labels, mask) -> dict[str, jax.Array]:
 
 
 def make_train_step(cfg, fns: ModelFns, tx: optax.GradientTransformation, schedule: Callable,
-                    tower_map: model_lib.TowerMap | None = None) -> Callable:
+                    tower_map: model_lib.TowerMap | None = None,
+                    constrain: model_lib.Constrain | None = None) -> Callable:
   mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
   dtype = model_lib.DTYPES[cfg.model.dtype]
   seed = cfg.seed
@@ -117,7 +120,8 @@ def make_train_step(cfg, fns: ModelFns, tx: optax.GradientTransformation, schedu
 
     def loss_fn(params):
       logits, model_state = fns.apply(params, state.model_state, images, train=True,
-                                      dropout_key=dropout_key, tower_map=tower_map)
+                                      dropout_key=dropout_key, tower_map=tower_map,
+                                      constrain=constrain)
       metrics = train_metrics(logits, batch["label"], batch["mask"])
       return metrics["loss"], (metrics, model_state)
 
@@ -135,7 +139,8 @@ def make_train_step(cfg, fns: ModelFns, tx: optax.GradientTransformation, schedu
   return train_step
 
 
-def make_eval_step(cfg, fns: ModelFns, tower_map: model_lib.TowerMap | None = None) -> Callable:
+def make_eval_step(cfg, fns: ModelFns, tower_map: model_lib.TowerMap | None = None,
+                   constrain: model_lib.Constrain | None = None) -> Callable:
   """(params, model_state, batch) -> sums over the batch's real (mask) examples.
 
   With views (image of shape (B, V, H, W, 3)) the softmax outputs of the V views are averaged,
@@ -148,7 +153,7 @@ def make_eval_step(cfg, fns: ModelFns, tower_map: model_lib.TowerMap | None = No
     images = preprocess.normalize(batch["image"], None, mean, std, dtype)
     lead = images.shape[:-3]
     logits, _ = fns.apply(params, model_state, images.reshape((-1,) + images.shape[-3:]),
-                          train=False, tower_map=tower_map)
+                          train=False, tower_map=tower_map, constrain=constrain)
     probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
     if probs.ndim == 3:
       probs = probs.mean(axis=1)
@@ -231,14 +236,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
 
-  # --- mesh ---
-  try:
-    strategy = shard_lib.get_strategy(cfg.sharding.strategy)
-    mesh = shard_lib.make_mesh(strategy, shard_lib.parse_mesh_shape(cfg.sharding.mesh, strategy,
-                                                                    jax.device_count()))
-  except ValueError as e:  # a strategy or mesh the config names wrongly
-    raise configlib.ConfigError(str(e)) from None
-  configlib.validate(cfg, data_axis=shard_lib.data_axis_size(mesh, strategy))
+  # --- mesh (validates the whole config against it: one line, before anything compiles) ---
+  strategy, mesh = shard_lib.setup(cfg)
 
   # --- input ---
   info = data.dataset_info(cfg)
@@ -252,7 +251,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   tx = optim.make_optimizer(cfg.optim)
   schedule = optim.make_schedule(cfg.optim, steps_per_epoch, total_steps)
   plateau = optim.Plateau.from_config(cfg.optim)
-  tower_map = strategy.tower_map(mesh)
+  tower_map, constrain = strategy.tower_map(mesh), strategy.constrain(mesh)
 
   # --- shard: shapes first, then init or restore ---
   init = init_state_fn(fns, tx, cfg.seed)
@@ -278,9 +277,9 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   # --- update ---
   batch_sharding = shard_lib.batch_sharding(mesh, strategy)
   replicated = NamedSharding(mesh, P())
-  train_step = jax.jit(make_train_step(cfg, fns, tx, schedule, tower_map),
+  train_step = jax.jit(make_train_step(cfg, fns, tx, schedule, tower_map, constrain),
                        out_shardings=(shardings, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(cfg, fns, tower_map), out_shardings=replicated)
+  eval_step = jax.jit(make_eval_step(cfg, fns, tower_map, constrain), out_shardings=replicated)
 
   def evaluate() -> dict[str, float]:
     return run_eval(eval_step, state.params, state.model_state, data.eval_iterator(cfg),

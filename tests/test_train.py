@@ -77,7 +77,7 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
   single, m1 = jax.jit(step_fn)(train.create_state(init, None), batch)
 
   strategy = sharding.get_strategy("data")
-  mesh = sharding.make_mesh(strategy, (8,))
+  mesh = sharding.make_mesh(strategy, (8, 1))
   shapes = jax.eval_shape(init)
   shardings = train.state_shardings(shapes, mesh, strategy)
   state = train.create_state(init, shardings)
@@ -96,7 +96,7 @@ def test_eval_counts_every_example_exactly_once():
   fns, tx, _, init = one_step_setup(cfg)
   state = train.create_state(init, None)
   strategy = sharding.get_strategy("data")
-  mesh = sharding.make_mesh(strategy, (8,))
+  mesh = sharding.make_mesh(strategy, (8, 1))
   eval_step = jax.jit(train.make_eval_step(cfg, fns))
   got = train.run_eval(eval_step, state.params, state.model_state, data.eval_iterator(cfg),
                        sharding.batch_sharding(mesh, strategy))
@@ -211,7 +211,7 @@ def test_overrides_are_parsed_to_the_fields_type():
 
 def test_prefetch_to_device_keeps_order_and_reads_only_size_ahead():
   strategy = sharding.get_strategy("data")
-  mesh = sharding.make_mesh(strategy, (8,))
+  mesh = sharding.make_mesh(strategy, (8, 1))
   pulled = []
 
   def source():
