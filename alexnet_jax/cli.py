@@ -111,6 +111,9 @@ COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
     "train": (cmd_train, "train a config (resumes from the work directory's last checkpoint)",
               add_train_args),
 }
+# The paper's experiments and figures (relu-tanh, ablate, kernels, features, neighbours, ...).
+from alexnet_jax.experiments.commands import COMMANDS as _EXPERIMENT_COMMANDS  # noqa: E402
+COMMANDS.update(_EXPERIMENT_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -106,6 +106,17 @@ VARIANTS: dict[str, Variant] = {
             Conv("conv5", 32, 3, 1, 1, pool=True, bias=1.0),
         ),
         (128, 128), 32, "lrn", "he"),
+    # The paper's Figure 1 network (ReLU vs tanh on CIFAR-10): "a four-layer convolutional
+    # network", three convolutions and a classifier as in cuda-convnet's CIFAR-10 layouts. No
+    # towers, no LRN, no dropout: the figure compares activations with no regularisation.
+    "cnn4": Variant(
+        "cnn4", 1,
+        (
+            Conv("conv1", 32, 5, 1, 2, reads_both=True, pool=True),
+            Conv("conv2", 32, 5, 1, 2, pool=True),
+            Conv("conv3", 64, 5, 1, 2, pool=True),
+        ),
+        (), 32, "none", "pytorch", fc_bias=0.0, dropout_on=()),
 }
 
 NORMS = ("lrn", "batch", "none")
