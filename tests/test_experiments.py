@@ -149,3 +149,18 @@ def test_the_four_layer_cnn_is_three_convolutions_and_a_classifier():
       ("fc6", "kernel"): (576, 10), ("fc6", "bias"): (10,),
   }
   assert sum(math.prod(s) for s in shapes.values()) == 85_098
+
+
+def test_importing_the_experiments_loads_neither_tensorflow_nor_matplotlib():
+  import subprocess
+  import sys
+  code = ("import sys\n"
+          "import alexnet_jax.cli, alexnet_jax.train\n"
+          "from alexnet_jax.experiments import (ablate, augment, commands, curves, kernels,\n"
+          "                                     neighbours, relu_tanh)\n"
+          "alexnet_jax.cli.build_parser()\n"
+          "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'matplotlib'}))\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "[]"

@@ -96,6 +96,8 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 def run(cfg, root: str, *, seeds: list[int], conditions=DEFAULT_CONDITIONS) -> tuple[str, dict]:
   """Train every (condition, seed) under `root/<condition>/seed<n>`; write ablation.{md,csv,json}
   (and ablation_effects.csv) into `root`; returns (the Markdown, everything)."""
+  import jax
+
   check_model(cfg)
   if not seeds:
     raise runs.ExperimentError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
@@ -113,20 +115,22 @@ def run(cfg, root: str, *, seeds: list[int], conditions=DEFAULT_CONDITIONS) -> t
       result = runs.train_run(run_cfg, os.path.join(root, name, f"seed{seed}"))
       errors[name][seed] = {"top1_err": result["top1_err"], "top5_err": result["top5_err"],
                             "count": result["count"]}
-  summary = summarize(errors)
+  summary = summarize(errors)  # every process has the (global) evaluation results
   header = (f"Ablations: {cfg.model.name} on {cfg.data.name} ({cfg.data.eval_split}, "
-            f"{int(next(iter(next(iter(errors.values())).values()))['count'])} examples, centre "
+            f"{int(errors[conditions[0]][seeds[0]]['count'])} examples, centre "
             f"crop), {cfg.num_epochs:g} epochs, seeds {', '.join(map(str, seeds))}; "
             "mean ± std over seeds")
   text = markdown(summary, header)
+  everything = {"model": cfg.model.name, "dataset": cfg.data.name, "epochs": cfg.num_epochs,
+                "seeds": list(seeds), "runs": errors, **summary}
+  if jax.process_index() != 0:  # one writer
+    return text, everything
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, "ablation.md"), "w") as f:
     f.write(text)
   _write_csv(os.path.join(root, "ablation.csv"), summary["conditions"])
   if summary["effects"]:
     _write_csv(os.path.join(root, "ablation_effects.csv"), summary["effects"])
-  everything = {"model": cfg.model.name, "dataset": cfg.data.name, "epochs": cfg.num_epochs,
-                "seeds": list(seeds), "runs": errors, **summary}
   with open(os.path.join(root, "ablation.json"), "w") as f:
     json.dump(runs.jsonable(everything), f, indent=1)
   return text, everything
