@@ -141,6 +141,9 @@ COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
     "compare": (cmd_compare, "compile and time each sharding strategy's train step; tables "
                              "and a chart of time, memory and collectives", add_compare_args),
 }
+# The paper's experiments and figures (relu-tanh, ablate, kernels, features, neighbours, ...).
+from alexnet_jax.experiments.commands import COMMANDS as _EXPERIMENT_COMMANDS  # noqa: E402
+COMMANDS.update(_EXPERIMENT_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

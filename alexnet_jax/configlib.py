@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "small"  # paper | paper6 | owt | bn | small
+  c.model.name = "small"  # paper | paper6 | owt | bn | small | cnn4 (Figure 1)
   c.model.num_classes = 10
   c.model.norm = "default"  # default (the variant's own) | lrn | batch | none
   c.model.pool = "overlap"  # overlap (3x3 stride 2, the paper) | nonoverlap (2x2 stride 2)

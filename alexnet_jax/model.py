@@ -116,6 +116,17 @@ VARIANTS: dict[str, Variant] = {
             Conv("conv5", 32, 3, 1, 1, pool=True, bias=1.0),
         ),
         (128, 128), 32, "lrn", "he"),
+    # The paper's Figure 1 network (ReLU vs tanh on CIFAR-10): "a four-layer convolutional
+    # network", three convolutions and a classifier as in cuda-convnet's CIFAR-10 layouts. No
+    # towers, no LRN, no dropout: the figure compares activations with no regularisation.
+    "cnn4": Variant(
+        "cnn4", 1,
+        (
+            Conv("conv1", 32, 5, 1, 2, reads_both=True, pool=True),
+            Conv("conv2", 32, 5, 1, 2, pool=True),
+            Conv("conv3", 64, 5, 1, 2, pool=True),
+        ),
+        (), 32, "none", "pytorch", fc_bias=0.0, dropout_on=()),
 }
 
 NORMS = ("lrn", "batch", "none")
@@ -342,6 +353,12 @@ class AlexNet(nnx.Module):
     with jax.named_scope(name):  # a run of layers reads all its weights in its first layer's scope
       return constrain(f"{name}/kernel", w.kernel[...]), constrain(f"{name}/bias", w.bias[...])
 
+  def _flatten(self, x: Array) -> Array:
+    """The last feature map (N, H, W, C) -> (N, H*W*C), through torchvision's average pool."""
+    if self.variant.avgpool_to:
+      x = adaptive_avg_pool(x, self.variant.avgpool_to)
+    return x.reshape(x.shape[0], -1)
+
   def embed(self, x: Array, *, train: bool = False, dropout_key: Array | None = None,
             tower_map: TowerMap | None = None,
             constrain: Constrain | None = None) -> tuple[Array, Array | None]:
@@ -389,17 +406,17 @@ class AlexNet(nnx.Module):
       with jax.named_scope(name):
         x = merge_towers(constrain(f"{name}/towers", x)) if towered else x
         if i == 0:
-          if self.variant.avgpool_to:
-            x = adaptive_avg_pool(x, self.variant.avgpool_to)
-          x = x.reshape(x.shape[0], -1)
+          x = self._flatten(x)
         x = constrain(name, x)
         if name in self.variant.dropout_on:
           x = dropout(x, rate, keys[i])
         params = self._weights(name, constrain)
         x = tower_map(dense)(x, params) if towered else dense(x, params)
-    if towered:
-      with jax.named_scope(self.classifier_name):
+    with jax.named_scope(self.classifier_name):
+      if towered:
         x = merge_towers(constrain(f"{self.classifier_name}/towers", x))
+      if not self.fc_names:  # the classifier is the first dense layer (cnn4)
+        x = self._flatten(x)
     last_key = keys[len(self.fc_names)] if self.classifier_name in self.variant.dropout_on else None
     return x, last_key
 

@@ -33,6 +33,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import preprocess
 from alexnet_jax import sharding as shard_lib
+from alexnet_jax.experiments import curves
 from alexnet_jax.metric_writer import MetricWriter
 
 log = logging.getLogger("alexnet_jax.train")
@@ -325,6 +326,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
       if done % eval_every == 0 or done == total_steps:
         eval_metrics = evaluate()
         writer.write(done, "eval", eval_metrics)
+        if is_main:
+          curves.write_after_eval(workdir)  # DIR/curves.png, redrawn at every evaluation
         log.info("eval at step %d: loss %.4f top1_err %.4f top5_err %.4f (%d examples)", done,
                  eval_metrics["loss"], eval_metrics["top1_err"], eval_metrics["top5_err"],
                  eval_metrics["count"])

@@ -80,7 +80,7 @@ def test_paper_parameters_carry_an_explicit_tower_axis():
 
 @pytest.mark.parametrize("name,size,classes", [
     ("paper", 227, 1000), ("paper6", 227, 1000), ("owt", 224, 1000), ("bn", 227, 1000),
-    ("small", 32, 10), ("paper", 224 + 3, 17)])
+    ("small", 32, 10), ("cnn4", 32, 10), ("paper", 224 + 3, 17)])
 def test_full_size_output_shapes(name, size, classes):
   model = build(name, input_size=size, num_classes=classes)
   logits = forward(model, jnp.ones((2, size, size, 3)), train=False)

@@ -1,0 +1,138 @@
+"""Runs for the experiments: train a config in its own work directory; read a trained run back.
+
+A trained run is read from its work directory alone: `config.json` says what model it is, the
+latest Orbax checkpoint holds the parameters. The whole train state is restored onto one device
+(the optimizer state comes along because the checkpoint stores the state as one item).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Sequence
+
+from alexnet_jax import configlib
+
+
+class ExperimentError(configlib.ConfigError):
+  """A work directory or argument an experiment cannot use; printed as one line by the CLI."""
+
+
+def train_run(cfg, workdir: str) -> dict[str, float]:
+  """Train `cfg` in `workdir` as `launch.py train` does (resuming a finished run only evaluates);
+  returns the final evaluation's metrics."""
+  import jax
+
+  from alexnet_jax import cli, train
+
+  cli.check_workdir(workdir, cfg)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(configlib.to_json(cfg))
+  return train.train_and_evaluate(cfg, workdir)
+
+
+def split_records(records: Sequence[dict], split: str) -> list[dict]:
+  """The records of `split`, one per step, sorted by step. A run resumed from an older checkpoint
+  logs some steps again; the later record of a step wins (it belongs to the run that went on)."""
+  by_step = {}
+  for record in records:
+    if record.get("split") == split:
+      by_step[int(record["step"])] = record
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def read_split(workdir: str, split: str) -> list[dict]:
+  from alexnet_jax.metric_writer import read_metrics
+  return split_records(read_metrics(workdir), split)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (n - 1); the deviation of a single value is NaN."""
+  n = len(values)
+  if n == 0:
+    return math.nan, math.nan
+  mean = sum(values) / n
+  if n == 1:
+    return mean, math.nan
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
+  if math.isnan(mean):
+    return "n/a"
+  return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+# --- reading a trained run back -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  workdir: str
+  cfg: Any
+  fns: Any  # train.ModelFns
+  params: Any  # nested dict, params["conv1"]["kernel"]
+  model_state: Any
+  step: int
+  compiled: dict = dataclasses.field(default_factory=dict)  # jitted functions, reused by callers
+
+
+def load_config(workdir: str):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ExperimentError(f"{workdir} is not a work directory (no config.json); train one with "
+                          f"python launch.py train --workdir {workdir}")
+  with open(path) as f:
+    return configlib.from_json(f.read())
+
+
+def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
+  """The run's config and its latest (or given) checkpoint's parameters, on the first device."""
+  import jax
+
+  from alexnet_jax import checkpoint as ckpt_lib
+  from alexnet_jax import optim, train
+
+  cfg = load_config(workdir)
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise ExperimentError(f"{workdir} has no checkpoints/ yet; train it first: "
+                          f"python launch.py train --workdir {workdir}")
+  fns = train.model_fns(cfg)
+  shapes = jax.eval_shape(train.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          shapes)
+  checkpointer = ckpt_lib.Checkpointer(directory, every_steps=0, keep=1 << 30, async_save=False)
+  try:
+    if step is not None and step not in checkpointer.manager.all_steps():
+      raise ExperimentError(f"{workdir} has no checkpoint at step {step}; it has steps "
+                            f"{sorted(checkpointer.manager.all_steps())}")
+    restored = checkpointer.restore(abstract, step)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise ExperimentError(f"{workdir}/checkpoints holds no checkpoint yet; train it first: "
+                          f"python launch.py train --workdir {workdir}")
+  state, _ = restored
+  return TrainedRun(workdir, cfg, fns, state.params, state.model_state, int(state.step))
+
+
+def jsonable(value):
+  """Plain JSON types: NaN -> null, numpy scalars and arrays -> numbers and lists, keys -> str."""
+  import numpy as np
+
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return jsonable(value.tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  return value
