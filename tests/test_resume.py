@@ -86,6 +86,7 @@ def test_killed_and_restarted_run_matches_an_uninterrupted_run(tmp_path):
   # 4. The same command again runs to the end.
   log = runs.run(work, logs[3])
   assert resumed_from(log) == stopped
+  assert not runs.writing_checkpoint(work)  # a half-written leftover is cleaned up
 
   ref_train, got_train = by_step(runs.records(reference), "train"), by_step(runs.records(work), "train")
   assert sorted(got_train) == list(range(1, runs.TOTAL_STEPS + 1))
