@@ -326,6 +326,8 @@ class StopSignals:
   def install(self) -> None:
     try:
       for sig in self.SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_IGN:
+          continue  # ignored on purpose (nohup, a background job): leave it so
         self._previous[sig] = signal.signal(sig, self._handle)
     except ValueError:  # not the main thread: signals cannot be caught here
       self.uninstall()

@@ -71,7 +71,7 @@ def cmd_train(args, overrides: list[str]) -> int:
   except checkpoint.Interrupted as e:
     print(f"{e}. To resume, run the same command again: {_command_line()}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGTERM)  # what a shell reports for a signal: not success
-  except train.NonFiniteLoss as e:
+  except (train.NonFiniteLoss, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if result:

@@ -343,15 +343,15 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
         check_finite()
         checkpointer.save(done, state, meta(done), metrics=(
             {k: eval_metrics[k] for k in ("top1_err", "top5_err", "loss")} if evaluated else None))
-      if stopping:
+      if stopping and done < total_steps:
         raise ckpt_lib.Interrupted(done, stop.signum, checkpointer.directory)
     if start_step >= total_steps:
       eval_metrics = evaluate()
   finally:
-    stop.uninstall()
     progress.close()
-    checkpointer.close()
+    checkpointer.close()  # waits for the last save; a signal meanwhile does not cut it short
     writer.close()
+    stop.uninstall()
   return eval_metrics
 
 

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import runs
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import optim, train
+from alexnet_jax import cli, optim, train
 from alexnet_jax import sharding as shard_lib
 from configs import test as test_config
 
@@ -160,6 +160,14 @@ def test_all_checkpoints_damaged_is_an_error_not_a_fresh_start(tmp_path):
     ckpt_lib.Checkpointer(str(tmp_path)).restore(jax.eval_shape(lambda: small_state(0)))
 
 
+def test_train_over_only_damaged_checkpoints_stops_with_one_line(tmp_path, capsys):
+  save_steps(tmp_path / "run" / "checkpoints", [1])
+  delete_array_index(str(tmp_path / "run" / "checkpoints" / "1"))
+  code = cli.main(["train", "--config", "configs/test.py", "--workdir", str(tmp_path / "run")])
+  err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert code == 1 and len(err) == 1 and "no checkpoint in" in err[0] and "can be restored" in err[0]
+
+
 def test_a_checkpoint_left_half_written_is_never_loaded(tmp_path):
   save_steps(tmp_path, [1, 2])
   # What a process killed mid-save leaves: the step written under Orbax's temporary name.
@@ -216,6 +224,8 @@ def test_saves_every_n_steps_and_every_n_minutes(tmp_path):
 
 
 def test_stop_signals_finish_the_step_and_a_second_ctrl_c_interrupts():
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
   stop = ckpt_lib.StopSignals()
   stop.install()
   try:
@@ -226,8 +236,14 @@ def test_stop_signals_finish_the_step_and_a_second_ctrl_c_interrupts():
       os.kill(os.getpid(), signal.SIGINT)
   finally:
     stop.uninstall()
-  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+  assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+  # A SIGINT ignored on purpose (nohup, a background job) stays ignored.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  stop.install()
+  assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  stop.uninstall()
+  signal.signal(signal.SIGINT, before[signal.SIGINT])
 
 
 def test_meta_records_the_input_position_and_rng(caplog):
