@@ -15,7 +15,6 @@ out of one jitted step over the global arrays, so they are already totals.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Sequence
 
@@ -27,8 +26,6 @@ from alexnet_jax import export as export_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import preprocess
 from alexnet_jax import sharding as shard_lib
-
-log = logging.getLogger("alexnet_jax.evaluate")
 
 PREPROCESSING = ("crop_size", "resize_size", "mean", "std")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from typing import Any
 
@@ -33,8 +32,6 @@ from alexnet_jax import classnames
 from alexnet_jax import configlib
 from alexnet_jax import safetensors_io
 from alexnet_jax import torchvision_io
-
-log = logging.getLogger("alexnet_jax.export")
 
 FORMAT, FORMAT_VERSION = "alexnet_jax", "1"
 LAYOUTS = ("alexnet_jax", "torchvision")

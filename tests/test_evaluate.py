@@ -1,7 +1,6 @@
 """Evaluation (centre crop, 10 views, ensembles) and prediction from parameter files."""
 
 import json
-import os
 
 import jax
 import numpy as np

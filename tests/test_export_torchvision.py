@@ -78,12 +78,17 @@ def torch_logits(model, images_uint8, mean, std):
     return model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
 
 
+_LOGITS_FNS = {}  # one compiled function per model shape, shared by the tests
+
+
 def jax_logits(loaded, images_uint8):
   cfg = loaded.cfg
-  fns = train.model_fns(cfg)
+  key = (cfg.model.name, cfg.model.num_classes, cfg.data.crop_size)
+  if key not in _LOGITS_FNS:
+    fns = train.model_fns(cfg)
+    _LOGITS_FNS[key] = jax.jit(lambda p, s, x: fns.apply(p, s, x, train=False)[0])
   x = preprocess.normalize(images_uint8, None, cfg.data.mean, cfg.data.std)
-  return np.asarray(jax.jit(lambda p, s, x: fns.apply(p, s, x, train=False)[0])(
-      loaded.params, loaded.model_state, x))
+  return np.asarray(_LOGITS_FNS[key](loaded.params, loaded.model_state, x))
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +122,28 @@ def test_torchvision_to_this_layout_and_back_is_exact_and_loads_in_pytorch(torch
   fresh.load_state_dict(safetensors.torch.load_file(out))
   for (name, a), b in zip(torch_model.state_dict().items(), fresh.state_dict().values()):
     assert torch.equal(a, b), name
+
+
+def test_evaluate_reads_torchvision_weights_directly(tmp_path):
+  """`evaluate --params alexnet.pth`: the error it reports is PyTorch's own on the same images."""
+  from alexnet_jax import data, evaluate
+  from configs import test as test_config
+
+  model = random_torch_model(num_classes=10, seed=4)
+  path = str(tmp_path / "ten.pth")
+  torch.save(model.state_dict(), path)
+  cfg = test_config.get_config()  # digits; owt's adaptive pooling takes 63 px inputs
+  cfg.model.name, cfg.model.width = "owt", 1.0
+  cfg.data.resize_size, cfg.data.crop_size = 72, 63
+  got = evaluate.evaluate(cfg, [path], batch_size=120, devices=jax.devices()[:1])
+  wrong, count = 0, 0
+  for batch in data.eval_iterator(cfg, batch_size=120, process_index=0, process_count=1):
+    logits = torch_logits(model, batch["image"][batch["mask"]], cfg.data.mean, cfg.data.std)
+    wrong += int((logits.argmax(-1) != batch["label"][batch["mask"]]).sum())
+    count += int(batch["mask"].sum())
+  assert got["examples"] == count == 360
+  assert round(got["models"][0]["top1_err"] * count) == wrong
+  assert got["models"][0]["variant"] == "owt"
 
 
 def test_torchvision_files_of_another_class_count_or_not_alexnet(tmp_path):
