@@ -1,58 +1,240 @@
-"""Orbax checkpoints of the train state, plus a small JSON of host-side state.
+"""Orbax checkpoints of the train state: when to save, what to keep, how to restore safely.
 
-A checkpoint is two items: `state` (the TrainState pytree: parameters, optimizer state, step,
-plateau factor) and `meta` (JSON: the plateau schedule's bookkeeping and anything else that
-lives on the host). The input pipeline needs no saved position: its order and augmentation are
-pure functions of (seed, step), so the step alone says where to continue.
+A checkpoint `checkpoints/<step>/` holds two items:
+  state  the TrainState pytree: parameters, BatchNorm statistics, optimizer state, step, and
+         the plateau schedule's learning-rate factor (lr_scale);
+  meta   JSON: the plateau schedule's bookkeeping, the input position, the RNG description and
+         the class names;
+plus, for checkpoints written right after an evaluation, Orbax's `metrics` (validation top-1/5).
+
+Everything random is a pure function of (seed, step): dropout keys are
+`fold_in(key(seed), step)`, and the input pipeline's order and augmentation are functions of
+(seed, epoch, example), with epoch and in-epoch batch = divmod(step, steps_per_epoch). So the
+step *is* the RNG state and the input iterator's position; `meta` records both for checking.
+
+Saves are asynchronous (Orbax writes in a background thread after copying the arrays to the
+host) and atomic: a step's directory is written under a temporary name and renamed when
+complete, so a process killed mid-write leaves no half checkpoint that could be loaded. A
+checkpoint damaged afterwards (a truncated or missing file) is moved aside, with a warning, and
+the one before it restored.
+
+Restore lays the arrays onto an abstract state (shapes plus the *target* shardings), so a run
+saved under one strategy or mesh resumes under another.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
-from typing import Any
+import shutil
+import signal
+import time
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 log = logging.getLogger("alexnet_jax.checkpoint")
 
+BEST_METRIC = "top1_err"  # validation top-1 error: lower is better
+DAMAGED_DIR = "damaged"  # where damaged checkpoints are moved, inside the checkpoint directory
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one was expected; the message says which and why."""
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  meta: dict
+
 
 class Checkpointer:
+  """Saves every `every_steps` steps and/or `every_minutes` minutes (0 turns either off), keeps
+  the last `keep` checkpoints and, with `keep_best`, the one with the lowest validation top-1
+  error among those saved with metrics."""
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
-    self.every_steps = every_steps
-    _save_replicated_arrays_from_one_replica()
+  def __init__(self, directory: str, *, every_steps: int = 0, every_minutes: float = 0.0,
+               keep: int = 3, keep_best: bool = True, async_save: bool = True,
+               read_only: bool = False, clock: Callable[[], float] = time.monotonic):
+    self.directory = os.path.abspath(directory)
+    self.every_steps, self.every_minutes = every_steps, every_minutes
+    self._clock = clock
+    self.read_only = read_only
+    self._last_save_time = clock()
+    keepers = [policies.LatestN(n=keep)]
+    if keep_best:  # descending error: BestN keeps the end of the order, the lowest error
+      keepers.append(policies.BestN(get_metric_fn=_error, reverse=True, n=1,
+                                    keep_checkpoints_without_metrics=False))
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointError(f"no checkpoints in {self.directory}: is this a training work "
+                            "directory? (train writes its checkpoints there)")
+    # Orbax reads every step's small JSON files when it opens the directory and fails on a
+    # damaged one; such steps are set aside first (and named when a step is restored).
+    self._damaged = self._unreadable_steps()
+    if self._damaged:
+      if read_only:
+        raise CheckpointError(
+            f"checkpoint {self._step_dir(self._damaged[0][0])} is damaged ({self._damaged[0][1]}); "
+            "resume training once (it moves damaged checkpoints aside) or remove it")
+      self._move_aside([step for step, _ in self._damaged], reload=False)
+    state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers())
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
-        item_names=("state", "meta"),
+            # read_only is ours: Orbax's own flag only adds warnings; this object then just
+            # never saves, creates or cleans up anything.
+            create=not read_only, enable_async_checkpointing=async_save,
+            preservation_policy=policies.AnyPreservationPolicy(keepers),
+            # Orbax writes a checkpoint's metrics only when it tracks a best_fn.
+            best_fn=_error, best_mode="min",
+            # Leftovers of a save that was killed mid-write: never loaded, so just removed.
+            cleanup_tmp_directories=not read_only),
+        item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()},
     )
+
+  # --- what exists ---
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
-    """Save if `step` is due (every_steps) or `force`; returns whether a save started."""
-    if not force and (self.every_steps <= 0 or step % self.every_steps):
+  def best_step(self) -> int | None:
+    """The step with the lowest validation top-1 error (the latest of equals), or None."""
+    scored = [(m[BEST_METRIC], -step, step) for step in self.all_steps()
+              if (m := self.metrics(step)) and BEST_METRIC in m]
+    return min(scored)[2] if scored else None
+
+  def metrics(self, step: int) -> dict | None:
+    try:
+      return self.manager.metrics(step)
+    except Exception:  # unreadable metrics: the checkpoint itself may still restore
+      return None
+
+  # --- saving ---
+
+  def due(self, step: int, *, sync_point: bool = True) -> bool:
+    """Whether the step/time policy asks for a save at `step` (evaluations, the last step and
+    stop signals save regardless). With several processes, whose clocks differ, the time rule
+    is agreed at sync points only (any process late: all save)."""
+    if self.every_steps > 0 and step % self.every_steps == 0:
+      return True
+    if self.every_minutes <= 0:
       return False
+    late = self._clock() - self._last_save_time >= 60.0 * self.every_minutes
+    if jax.process_count() == 1:
+      return late
+    return sync_point and any_process(late)
+
+  def save(self, step: int, state: Any, meta: dict, *, metrics: dict | None = None) -> bool:
+    """Start an asynchronous save of `state` at `step`; False if that step is already saved."""
+    if self.read_only:
+      raise CheckpointError(f"{self.directory} was opened read-only")
     if step in self.manager.all_steps():
       return False
+    self._last_save_time = self._clock()
     return self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)), force=True)
+        step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
+                                      meta=ocp.args.JsonSave(meta)),
+        metrics=metrics or {}, force=True)  # {}: not evaluated, ranked last by _error
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict] | None:
-    """The latest (or given) checkpoint onto `abstract_state`'s shapes and shardings."""
-    step = self.manager.latest_step() if step is None else step
-    if step is None:
-      return None
+  # --- restoring ---
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> Restored | None:
+    """Restore onto `abstract_state` (ShapeDtypeStructs carrying the target shardings).
+
+    With `step=None`, the latest checkpoint; if it is damaged, it is moved to
+    `<directory>/damaged/` with a warning naming both steps, and the one before is tried.
+    None if there are no checkpoints; CheckpointError if none of them restores.
+    """
+    if step is not None:
+      try:
+        return self._restore(abstract_state, step)
+      except Exception as e:
+        raise CheckpointError(f"checkpoint {self._step_dir(step)} cannot be restored: "
+                              f"{_one_line(e)}") from e
+    damaged = list(self._damaged)
+    for candidate in reversed(self.all_steps()):
+      try:
+        restored = self._restore(abstract_state, candidate)
+      except Exception as e:  # tensorstore, JSON, missing files: all mean "damaged"
+        damaged.append((candidate, _one_line(e)))
+        continue
+      if damaged:
+        # Moved aside so that this run's own save of that step later is not refused.
+        known = {s for s, _ in self._damaged}  # moved aside when the directory was opened
+        fresh = [s for s, _ in damaged if s not in known]
+        if fresh and not self.read_only:
+          self._move_aside(fresh)
+        where = ("left in place (read-only)" if self.read_only and fresh
+                 else f"moved to {os.path.join(self.directory, DAMAGED_DIR)}")
+        log.warning("checkpoint %s is damaged (%s); %s; restored %s instead",
+                    ", ".join(self._step_dir(s) for s, _ in damaged), damaged[0][1], where,
+                    self._step_dir(candidate))
+        self._damaged = []
+      return restored
+    if damaged:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} can be restored (steps "
+          f"{', '.join(str(s) for s, _ in damaged)}; latest: {damaged[0][1]}); move the directory "
+          "away to start afresh")
+    return None
+
+  def _restore(self, abstract_state: Any, step: int) -> Restored:
     restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      meta=ocp.args.JsonRestore()))
-    log.info("restored checkpoint at step %d", step)
-    return restored["state"], dict(restored["meta"] or {})
+        step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(abstract_state, restore_args=(
+                ocp.checkpoint_utils.construct_restore_args(abstract_state))),
+            meta=ocp.args.JsonRestore()))
+    meta = restored["meta"]
+    if not isinstance(meta, dict):
+      raise CheckpointError(f"its meta item is {type(meta).__name__}, not a JSON object")
+    state_step = int(jax.device_get(getattr(restored["state"], "step", step)))
+    if state_step != step:
+      raise CheckpointError(f"its state says step {state_step}")
+    log.info("restored checkpoint %s", self._step_dir(step))
+    return Restored(step, restored["state"], dict(meta))
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _move_aside(self, steps: list[int], *, reload: bool = True) -> None:
+    target = os.path.join(self.directory, DAMAGED_DIR)
+    if jax.process_index() == 0:
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        shutil.move(self._step_dir(step), os.path.join(target, f"{step}-{int(time.time())}"))
+    if reload:
+      self.manager.reload()
+
+  def _unreadable_steps(self) -> list[tuple[int, str]]:
+    """Steps whose checkpoint metadata or metrics (JSON) cannot be parsed, newest first."""
+    if not os.path.isdir(self.directory):
+      return []
+    damaged = []
+    for name in sorted((n for n in os.listdir(self.directory) if n.isdigit()), key=int,
+                       reverse=True):
+      for part in ("_CHECKPOINT_METADATA", os.path.join("metrics", "metrics")):
+        path = os.path.join(self.directory, name, part)
+        try:
+          with open(path) as f:
+            json.load(f)
+        except FileNotFoundError:
+          continue
+        except (OSError, ValueError) as e:
+          damaged.append((int(name), f"{part}: {_one_line(e)}"))
+          break
+    return damaged
+
+  # --- lifetime ---
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -62,14 +244,131 @@ class Checkpointer:
     self.manager.close()
 
 
-def _save_replicated_arrays_from_one_replica() -> None:
-  """Orbax's replica-parallel saving slices each replicated array across its replicas, which
-  compiles one small XLA program per array shape: ~50 compiles (seconds to tens of seconds on a
-  CPU) at a run's first save. AlexNet's ~250 MB of state does not need the parallelism."""
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+def _error(metrics) -> float:
+  return float(metrics.get(BEST_METRIC, float("inf"))) if metrics else float("inf")
+
+
+def _type_handlers():
+  """Orbax's standard handlers, except that a single process writes replicated arrays whole.
+
+  By default Orbax splits every replicated array into one slice per device to write them in
+  parallel; each slice is a separate small computation compiled on first use (hundreds for
+  AlexNet's state), which made the first save take seconds. Across processes the split is kept:
+  there it spreads the writing over hosts.
+  """
+  th = ocp.type_handlers
+  return th.create_type_handler_registry(
+      (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),
+      (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()),
+      (jax.Array, th.ArrayHandler(use_replica_parallel=jax.process_count() > 1)),
+      (str, th.StringHandler()),
+  )
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 300 else text[:297] + "..."
 
 
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs carrying each array's sharding: what restore lays the data onto."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+# --- the host-side part of a checkpoint -----------------------------------------------------
+
+
+def make_meta(*, step: int, seed: int, steps_per_epoch: int, plateau: dict,
+              class_names: tuple[str, ...]) -> dict:
+  epoch, batch = divmod(step, steps_per_epoch)
+  return {
+      "plateau": plateau,
+      # The input iterator's position: the next batch is batch `batch` of epoch `epoch`.
+      "input": {"step": step, "epoch": epoch, "batch_in_epoch": batch,
+                "steps_per_epoch": steps_per_epoch},
+      # Nothing random is stateful: dropout keys are fold_in(key(seed), step) and augmentation
+      # is keyed by (seed, epoch, example), so the step is the whole RNG state.
+      "rng": {"seed": seed, "dropout_key": "fold_in(key(seed), step)",
+              "augmentation_key": "(seed, epoch, example)"},
+      "class_names": list(class_names),
+  }
+
+
+def check_meta(meta: dict, *, step: int, seed: int, steps_per_epoch: int) -> None:
+  """Warn when the run resumes with a different data position than the checkpoint's."""
+  saved = meta.get("input", {})
+  if saved.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+    log.warning("checkpoint at step %d was written with %d steps per epoch, now %d (batch size "
+                "or dataset changed): the data order from here differs from the original run's",
+                step, saved["steps_per_epoch"], steps_per_epoch)
+  if meta.get("rng", {}).get("seed", seed) != seed:
+    log.warning("checkpoint at step %d was written with seed %s, now %d", step,
+                meta["rng"]["seed"], seed)
+
+
+# --- stopping on SIGTERM / SIGINT -----------------------------------------------------------
+
+
+class StopSignals:
+  """While active, SIGTERM and SIGINT ask the training loop to stop after the current step
+  (it saves and exits); a second SIGINT interrupts at once.
+
+  With several processes the request is agreed at sync points (any process asked: all stop at
+  the same step), since each process may receive the signal at a different step.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict = {}
+
+  def install(self) -> None:
+    try:
+      for sig in self.SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_IGN:
+          continue  # ignored on purpose (nohup, a background job): leave it so
+        self._previous[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # not the main thread: signals cannot be caught here
+      self.uninstall()
+
+  def uninstall(self) -> None:
+    """Put the previous handlers back."""
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+    self.signum = signum
+    log.warning("received %s: finishing the current step, then saving a checkpoint and stopping "
+                "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
+
+  def requested(self, *, sync_point: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.signum is not None
+    return sync_point and any_process(self.signum is not None)
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else ""
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any (a collective: call it on all of them)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal after saving a checkpoint."""
+
+  def __init__(self, step: int, signum: int | None, directory: str):
+    self.step, self.signum, self.directory = step, signum, directory
+    cause = signal.Signals(signum).name if signum else "a signal to another process"
+    super().__init__(f"stopped by {cause} after step {step}; checkpoint saved in "
+                     f"{os.path.join(directory, str(step))}")

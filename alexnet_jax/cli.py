@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
-from alexnet_jax import configlib
+from alexnet_jax import configlib, params_cli
 
 log = logging.getLogger("alexnet_jax")
 
@@ -59,7 +61,7 @@ def cmd_train(args, overrides: list[str]) -> int:
 
   import jax
 
-  from alexnet_jax import train
+  from alexnet_jax import checkpoint, train
 
   cfg = load_config(args.config, overrides)
   workdir = args.workdir or default_workdir(args.config)
@@ -70,13 +72,26 @@ def cmd_train(args, overrides: list[str]) -> int:
     with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
       f.write(configlib.to_json(cfg))
     os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
-  result = train.train_and_evaluate(cfg, workdir)
+  try:
+    result = train.train_and_evaluate(cfg, workdir)
+  except checkpoint.Interrupted as e:
+    print(f"{e}. To resume, run the same command again: {_command_line()}", file=sys.stderr)
+    return 128 + (e.signum or signal.SIGTERM)  # what a shell reports for a signal: not success
+  except (train.NonFiniteLoss, checkpoint.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   if result:
     print(f"held-out ({cfg.data.eval_split}, {int(result['count'])} examples): "
           f"top-1 error {100 * result['top1_err']:.2f}% (accuracy "
           f"{100 * (1 - result['top1_err']):.2f}%), top-5 error {100 * result['top5_err']:.2f}%, "
           f"loss {result['loss']:.4f}. Work directory: {workdir}")
   return 0
+
+
+def _command_line() -> str:
+  argv = list(sys.argv) or ["launch.py"]
+  argv = (["python"] + argv) if argv[0].endswith(".py") else [os.path.basename(argv[0])] + argv[1:]
+  return shlex.join(argv)
 
 
 def check_workdir(workdir: str, cfg) -> None:
@@ -140,6 +155,12 @@ COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
               add_train_args),
     "compare": (cmd_compare, "compile and time each sharding strategy's train step; tables "
                              "and a chart of time, memory and collectives", add_compare_args),
+    "export": (params_cli.cmd_export, "write a run's parameters to a safetensors file",
+               params_cli.add_export_args),
+    "evaluate": (params_cli.cmd_evaluate, "top-1/top-5 error of parameter files (an ensemble if "
+                 "several), centre crop or 10 views", params_cli.add_evaluate_args),
+    "predict": (params_cli.cmd_predict, "top-5 classes of image files",
+                params_cli.add_predict_args),
 }
 # The paper's experiments and figures (relu-tanh, ablate, kernels, features, neighbours, ...).
 from alexnet_jax.experiments.commands import COMMANDS as _EXPERIMENT_COMMANDS  # noqa: E402

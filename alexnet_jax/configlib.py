@@ -95,8 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.eval_every_epochs = 1.0
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
+  c.checkpoint_every_steps = 1000  # 0 = off; evaluations, the last step and SIGTERM also save
+  c.checkpoint_every_minutes = 0.0  # 0 = off; both rules may be on (whichever comes first)
+  c.keep_checkpoints = 3  # the last K are kept ...
+  c.keep_best_checkpoint = True  # ... plus the one with the lowest validation top-1 error
   c.progress = True  # progress bar on stderr
   return c
 
@@ -222,8 +224,10 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
       (cfg.num_epochs > 0, f"config.num_epochs={cfg.num_epochs}: must be > 0"),
       (cfg.eval_every_epochs > 0, f"config.eval_every_epochs={cfg.eval_every_epochs}: must be > 0"),
       (cfg.log_every_steps >= 1, f"config.log_every_steps={cfg.log_every_steps}: must be >= 1"),
-      (cfg.checkpoint_every_steps >= 1,
-       f"config.checkpoint_every_steps={cfg.checkpoint_every_steps}: must be >= 1"),
+      (cfg.checkpoint_every_steps >= 0,
+       f"config.checkpoint_every_steps={cfg.checkpoint_every_steps}: must be >= 0 (0 = off)"),
+      (cfg.checkpoint_every_minutes >= 0,
+       f"config.checkpoint_every_minutes={cfg.checkpoint_every_minutes}: must be >= 0 (0 = off)"),
       (cfg.keep_checkpoints >= 1, f"config.keep_checkpoints={cfg.keep_checkpoints}: must be >= 1"),
   ]
   for name in ("batch_size", "eval_batch_size"):

@@ -219,10 +219,14 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def _first_nonfinite(history: list[dict], first_step: int) -> int | None:
+def _first_nonfinite(history: list[dict], first_step: int) -> tuple[int, str] | None:
+  """(step, what) of the first update with a NaN/Inf loss, gradient or parameter norm; steps
+  counted as in metrics.jsonl (the n-th update is step n)."""
   for i, m in enumerate(jax.device_get(history)):
-    if not math.isfinite(float(m["loss"])):
-      return first_step + i
+    for key, what in (("loss", "the training loss"), ("grad_norm", "the gradients"),
+                      ("param_norm", "the parameters")):
+      if not math.isfinite(float(m[key])):
+        return first_step + i + 1, what
   return None
 
 
@@ -260,14 +264,19 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   shardings = state_shardings(shapes, mesh, strategy)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                        every_steps=cfg.checkpoint_every_steps,
-                                       keep=cfg.keep_checkpoints)
+                                       every_minutes=cfg.checkpoint_every_minutes,
+                                       keep=cfg.keep_checkpoints,
+                                       keep_best=cfg.keep_best_checkpoint)
+  # Restored onto the shapes with *this* run's shardings: any strategy or mesh can resume.
   restored = checkpointer.restore(jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings))
   if restored is None:
     state = create_state(init, shardings)
   else:
-    state, meta = restored
-    plateau.load_state_dict(meta["plateau"])
+    state = restored.state
+    plateau.load_state_dict(restored.meta["plateau"])
+    ckpt_lib.check_meta(restored.meta, step=restored.step, seed=cfg.seed,
+                        steps_per_epoch=steps_per_epoch)
   start_step = int(state.step)
   n_params = sum(x.size for x in jax.tree.leaves(shapes.params))
   log.info("model %s: %s parameters; %d devices, mesh %s; %d steps/epoch, %d steps; %s",
@@ -293,24 +302,30 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   history_start, last_log_time, last_log_step = start_step, time.perf_counter(), start_step
   eval_metrics: dict[str, float] = {}
 
-  def meta() -> dict:
-    return {"plateau": plateau.state_dict()}
+  def meta(done: int) -> dict:
+    return ckpt_lib.make_meta(step=done, seed=cfg.seed, steps_per_epoch=steps_per_epoch,
+                              plateau=plateau.state_dict(), class_names=info.class_names)
 
   def check_finite():
+    """Before every log line and every save: no checkpoint of a NaN/Inf state is written."""
     bad = _first_nonfinite(history, history_start)
     if bad is not None:
-      raise NonFiniteLoss(f"the training loss became NaN or Inf at step {bad}; the last good "
-                          f"checkpoint (step {checkpointer.latest_step()}) is kept. Lower "
+      checkpointer.wait()
+      raise NonFiniteLoss(f"{bad[1]} became NaN or Inf at step {bad[0]}; stopped, and the last "
+                          f"good checkpoint (step {checkpointer.latest_step()}) is kept. Lower "
                           "config.optim.learning_rate or check the data.")
 
   batches = shard_lib.prefetch_to_device(data.train_iterator(cfg, start_step=start_step),
                                          cfg.data.prefetch, batch_sharding)
+  stop = ckpt_lib.StopSignals()
   try:
+    stop.install()
     for step in range(start_step, total_steps):
       state, metrics = train_step(state, next(batches))
       history.append(metrics)
       done = step + 1
-      if done % cfg.log_every_steps == 0 or done == total_steps:
+      log_step = done % cfg.log_every_steps == 0 or done == total_steps
+      if log_step:
         check_finite()
         now = time.perf_counter()
         summary = _mean_metrics(history)
@@ -323,7 +338,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
           log.info("step %d/%d loss %.4f top1_err %.4f lr %.3g %.0f img/s", done, total_steps,
                    summary["loss"], summary["top1_err"], summary["lr"], summary["img_per_s"])
         history, history_start, last_log_time, last_log_step = [], done, now, done
-      if done % eval_every == 0 or done == total_steps:
+      evaluated = done % eval_every == 0 or done == total_steps
+      if evaluated:
         eval_metrics = evaluate()
         writer.write(done, "eval", eval_metrics)
         if is_main:
@@ -335,15 +351,21 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
           state = state.replace(lr_scale=jnp.asarray(plateau.scale, jnp.float32))
           log.info("validation error stopped improving: learning rate x%g (drop %d of %d)",
                    plateau.factor, plateau.drops, plateau.max_drops)
-      if done % cfg.checkpoint_every_steps == 0 or done == total_steps:
+      stopping = stop.requested(sync_point=log_step)
+      # Every evaluation is saved with its metrics, so the best checkpoint can be kept.
+      if evaluated or stopping or done == total_steps or checkpointer.due(done, sync_point=log_step):
         check_finite()
-        checkpointer.save(done, state, meta(), force=True)
+        checkpointer.save(done, state, meta(done), metrics=(
+            {k: eval_metrics[k] for k in ("top1_err", "top5_err", "loss")} if evaluated else None))
+      if stopping and done < total_steps:
+        raise ckpt_lib.Interrupted(done, stop.signum, checkpointer.directory)
     if start_step >= total_steps:
       eval_metrics = evaluate()
   finally:
     progress.close()
-    checkpointer.close()
+    checkpointer.close()  # waits for the last save; a signal meanwhile does not cut it short
     writer.close()
+    stop.uninstall()
   return eval_metrics
 
 

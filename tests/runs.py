@@ -1,0 +1,133 @@
+"""Real training runs for the resume, export and evaluation tests.
+
+`python launch.py train` on configs/test.py in a subprocess, 2 virtual CPU devices, every step
+logged: 24 steps of 32 digits, evaluations (and checkpoints with metrics) at steps 8, 16 and 24
+under the plateau schedule, and checkpoints every 5 steps. The uninterrupted reference run is
+made once per test session and shared. Subprocesses share a persistent compilation cache, so
+only the first one compiles.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 24
+OVERRIDES = (
+    "--config.num_epochs=0.55",  # 44 steps per epoch: round(0.55 * 44) = 24 steps
+    "--config.eval_every_epochs=0.1818",  # round(0.1818 * 44) = every 8 steps
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=5",
+    "--config.optim.schedule=plateau",
+    "--config.keep_checkpoints=2",
+)
+
+
+@functools.cache
+def session_dir() -> str:
+  path = tempfile.mkdtemp(prefix="alexnet_jax_runs_")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
+def env() -> dict[str, str]:
+  out = dict(os.environ)
+  out.update({
+      "PYTHONPATH": REPO,
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+      "TF_CPP_MIN_LOG_LEVEL": "2",
+      "JAX_COMPILATION_CACHE_DIR": os.path.join(session_dir(), "jax_cache"),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+  })
+  return out
+
+
+def train_command(workdir: str, *extra: str) -> list[str]:
+  return [sys.executable, os.path.join(REPO, "launch.py"), "train", "--config",
+          os.path.join(REPO, "configs", "test.py"), "--workdir", workdir, *OVERRIDES, *extra]
+
+
+def start(workdir: str, log_path: str, *extra: str) -> subprocess.Popen:
+  """Start a training process writing its output to `log_path`."""
+  log = open(log_path, "w")
+  process = subprocess.Popen(train_command(workdir, *extra), cwd=REPO, env=env(), stdout=log,
+                             stderr=subprocess.STDOUT)
+  log.close()
+  return process
+
+
+def run(workdir: str, log_path: str, *extra: str, timeout: float = 300) -> str:
+  process = start(workdir, log_path, *extra)
+  process.wait(timeout=timeout)
+  with open(log_path) as f:
+    output = f.read()
+  assert process.returncode == 0, output[-3000:]
+  return output
+
+
+@functools.cache
+def reference_run() -> str:
+  """The work directory of the uninterrupted run (made once per session)."""
+  workdir = os.path.join(session_dir(), "reference")
+  run(workdir, os.path.join(session_dir(), "reference.log"))
+  return workdir
+
+
+def records(workdir: str) -> list[dict]:
+  """metrics.jsonl, ignoring a last line cut short by a kill."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  return out
+
+
+def last_train_step(workdir: str, since: int = 0) -> int:
+  """The last step logged in records[since:] (0 if none): a restarted run's own progress."""
+  return max((r["step"] for r in records(workdir)[since:] if r["split"] == "train"), default=0)
+
+
+def finished_steps(workdir: str) -> list[int]:
+  """Steps with a complete (renamed into place) checkpoint."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def writing_checkpoint(workdir: str) -> bool:
+  """Whether a checkpoint is being written (Orbax writes under a temporary name first)."""
+  directory = os.path.join(workdir, "checkpoints")
+  try:
+    return any("tmp" in name for name in os.listdir(directory))
+  except FileNotFoundError:
+    return False
+
+
+def wait_for(condition, process: subprocess.Popen, *, timeout: float = 240, poll: float = 0.002):
+  """Poll `condition()` until true; fail if the process ends first."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if process.poll() is not None:
+      raise AssertionError(f"the training process ended (rc {process.returncode}) before the "
+                           "point where the test meant to stop it")
+    if time.monotonic() > deadline:
+      process.kill()
+      raise AssertionError("timed out waiting for the training process")
+    time.sleep(poll)
