@@ -26,10 +26,9 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 

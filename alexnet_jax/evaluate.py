@@ -117,7 +117,7 @@ class Evaluator:
     self.models = list(models)
     devices = list(devices or jax.devices())
     strategy = shard_lib.get_strategy("data")
-    mesh = shard_lib.make_mesh(strategy, (len(devices),), devices)
+    mesh = shard_lib.make_mesh(strategy, (len(devices), 1), devices)
     replicated = NamedSharding(mesh, P())
     self.num_devices = len(devices)
     self.batch_sharding = shard_lib.batch_sharding(mesh, strategy)

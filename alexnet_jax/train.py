@@ -12,7 +12,6 @@ Flow of `train_and_evaluate(cfg, workdir)`:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os

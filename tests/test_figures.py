@@ -150,7 +150,7 @@ def test_kernels_of_a_checkpoint_per_tower(trained, tmp_path, capsys):
 def test_kernels_refuse_a_directory_without_checkpoints(tmp_path, capsys):
   assert cli.main(["kernels", "--workdir", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip()
-  assert "not a work directory" in err and len(err.splitlines()) == 1
+  assert "not a training work directory" in err and len(err.splitlines()) == 1
 
 
 # --- features and nearest neighbours -------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import cli, configlib, data, model as model_lib, optim, sharding, train
+from alexnet_jax import cli, configlib, data, optim, sharding, train
 from alexnet_jax.metric_writer import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -80,45 +80,16 @@ class TrainedRun:
   compiled: dict = dataclasses.field(default_factory=dict)  # jitted functions, reused by callers
 
 
-def load_config(workdir: str):
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ExperimentError(f"{workdir} is not a work directory (no config.json); train one with "
-                          f"python launch.py train --workdir {workdir}")
-  with open(path) as f:
-    return configlib.from_json(f.read())
-
-
 def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
-  """The run's config and its latest (or given) checkpoint's parameters, on the first device."""
-  import jax
+  """The run's config and its latest (or given) checkpoint's parameters, on the host."""
+  from alexnet_jax import export, train
 
-  from alexnet_jax import checkpoint as ckpt_lib
-  from alexnet_jax import optim, train
-
-  cfg = load_config(workdir)
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise ExperimentError(f"{workdir} has no checkpoints/ yet; train it first: "
-                          f"python launch.py train --workdir {workdir}")
-  fns = train.model_fns(cfg)
-  shapes = jax.eval_shape(train.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          shapes)
-  checkpointer = ckpt_lib.Checkpointer(directory, every_steps=0, keep=1 << 30, async_save=False)
   try:
-    if step is not None and step not in checkpointer.manager.all_steps():
-      raise ExperimentError(f"{workdir} has no checkpoint at step {step}; it has steps "
-                            f"{sorted(checkpointer.manager.all_steps())}")
-    restored = checkpointer.restore(abstract, step)
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise ExperimentError(f"{workdir}/checkpoints holds no checkpoint yet; train it first: "
-                          f"python launch.py train --workdir {workdir}")
-  state, _ = restored
-  return TrainedRun(workdir, cfg, fns, state.params, state.model_state, int(state.step))
+    loaded = export.from_workdir(workdir, "latest" if step is None else str(step))
+  except export.ExportError as e:
+    raise ExperimentError(str(e)) from None
+  return TrainedRun(workdir, loaded.cfg, train.model_fns(loaded.cfg), loaded.params,
+                    loaded.model_state, int(loaded.step))
 
 
 def jsonable(value):
