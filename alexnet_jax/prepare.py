@@ -26,6 +26,7 @@ No TensorFlow here: PIL does the work, in a process per core.
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import dataclasses
 import importlib.util
 import io
@@ -37,6 +38,10 @@ import time
 from typing import Iterable, Iterator
 
 from PIL import Image
+
+# Worker processes start fresh: forking a process that runs JAX or TensorFlow threads can
+# deadlock the child.
+_SPAWN = multiprocessing.get_context("spawn")
 
 log = logging.getLogger("alexnet_jax.prepare")
 
@@ -164,7 +169,7 @@ def _run_jobs(jobs: Iterable[tuple[str, bytes, str, int, int]], workers: int,
     for job in jobs:
       record(_shrink_job(job))
     return
-  with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_SPAWN) as pool:
     pending: set = set()
     for job in jobs:  # bounded queue: a tar stream is never read far ahead of the workers
       if len(pending) >= 8 * workers:

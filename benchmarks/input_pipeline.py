@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import multiprocessing
 import os
 import statistics
 import sys
@@ -29,6 +30,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# Worker processes start fresh: forking a process that runs JAX or TensorFlow threads can
+# deadlock the child.
+_SPAWN = multiprocessing.get_context("spawn")
 
 CLASSES = 8
 
@@ -49,7 +54,7 @@ def make_originals(directory: str, unique: int, width: int, height: int, quality
   os.makedirs(directory, exist_ok=True)
   jobs = [(i, width, height, quality, os.path.join(directory, f"u{i}.jpg")) for i in range(unique)]
   jobs = [j for j in jobs if not os.path.exists(j[-1])]
-  with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
+  with concurrent.futures.ProcessPoolExecutor(os.cpu_count(), mp_context=_SPAWN) as pool:
     list(pool.map(_make_jpeg, jobs, chunksize=8))
 
 

@@ -97,8 +97,8 @@ class FileSplit(RandomAccessSplit):
     labels = tf.constant(self.labels[indices])
     # Positions are dealt round-robin to `shards` streams (stream k: k, k + S, k + 2S, ...)
     # that read, decode and fill gaps each on its own thread; interleaving them one element at
-    # a time restores the order exactly, whatever S is. One stream would funnel every image
-    # through the sequential gap-filling step, which capped a pipeline at about one core.
+    # a time restores the order exactly, whatever S is. With one stream, every image would go
+    # through the sequential gap-filling step (scan) on a single thread.
     shards = max(1, min(count, self.options.num_parallel_calls
                         if self.options.num_parallel_calls > 0 else _default_shards()))
 
