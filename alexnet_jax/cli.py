@@ -149,6 +149,37 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                  help="where compare.md, compare.csv and compare.png are written")
 
 
+def cmd_bench(args, overrides: list[str]) -> int:
+  from alexnet_jax import bench
+
+  cfg = load_config(args.config, overrides)
+  return bench.run(cfg, args, bench.config_label(args.config))
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+  from alexnet_jax import bench
+
+  add_config_args(p)
+  bench.add_arguments(p)
+
+
+def cmd_prepare(args, overrides: list[str]) -> int:
+  from alexnet_jax import prepare
+
+  if overrides:
+    raise configlib.ConfigError("prepare takes no --config overrides")
+  try:
+    return prepare.run(args)
+  except prepare.PrepareError as e:
+    raise configlib.ConfigError(str(e)) from None
+
+
+def add_prepare_args(p: argparse.ArgumentParser) -> None:
+  from alexnet_jax import prepare
+
+  prepare.add_arguments(p)
+
+
 # name -> (function(args, overrides) -> exit code, help, function adding the arguments)
 COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
     "train": (cmd_train, "train a config (resumes from the work directory's last checkpoint)",
@@ -161,6 +192,10 @@ COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
                  "several), centre crop or 10 views", params_cli.add_evaluate_args),
     "predict": (params_cli.cmd_predict, "top-5 classes of image files",
                 params_cli.add_predict_args),
+    "bench": (cmd_bench, "time the train step on synthetic data: step time, images/s, MFU",
+              add_bench_args),
+    "prepare": (cmd_prepare, "rewrite an image dataset with the shorter side at 256 px",
+                add_prepare_args),
 }
 # The paper's experiments and figures (relu-tanh, ablate, kernels, features, neighbours, ...).
 from alexnet_jax.experiments.commands import COMMANDS as _EXPERIMENT_COMMANDS  # noqa: E402
@@ -186,6 +221,8 @@ def setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from alexnet_jax import xla_flags
+  xla_flags.apply_defaults()  # before JAX starts: XLA reads XLA_FLAGS once
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
     argv = ["train"] + argv  # `python launch.py` runs the offline default

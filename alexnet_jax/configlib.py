@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init = "default"  # default (the variant's own) | paper | pytorch | he
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
   c.model.tower_impl = "unrolled"  # unrolled (one conv per tower) | vmap (one grouped conv)
+  c.model.pool_impl = "auto"  # auto (slices on CPU, else reduce_window) | slices | reduce_window
+  c.model.conv1_impl = "direct"  # direct | space_to_depth (4x4 blocks, 48 channels, stride 1)
   c.model.lrn_k = 2.0
   c.model.lrn_n = 5
   c.model.lrn_alpha = 1e-4  # the paper's alpha: NOT divided by n

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from alexnet_jax import fastops
+
 Array = jax.Array
 TowerMap = Callable[[Callable], Callable]
 # `constrain(point, x) -> x` lets a sharding strategy place arrays at named points: the
@@ -159,6 +161,21 @@ def max_pool(x: Array, window: int, stride: int) -> Array:
                                (1, stride, stride, 1), "VALID")
 
 
+# config.model.pool_impl: the same function and gradient, computed two ways (fastops.py says
+# why); "auto" takes slices on CPUs, where they train several times faster, and XLA's own
+# reduce_window (select_and_scatter gradient) elsewhere.
+POOL_IMPLS = {"auto": None, "slices": fastops.max_pool, "reduce_window": max_pool}
+# config.model.conv1_impl: conv1 (stride 4, 3 channels) as is, or as a stride-1 convolution of
+# 4x4 pixel blocks (48 channels); the same function, parameters unchanged.
+CONV1_IMPLS = ("direct", "space_to_depth")
+
+
+def pool_function(impl: str) -> Callable:
+  if impl == "auto":
+    impl = "slices" if jax.default_backend() == "cpu" else "reduce_window"
+  return POOL_IMPLS[impl]
+
+
 def adaptive_avg_pool(x: Array, size: int) -> Array:
   """PyTorch's AdaptiveAvgPool2d: bin i spans [floor(i*H/size), ceil((i+1)*H/size))."""
   n, h, w, c = x.shape
@@ -267,6 +284,8 @@ class Options:
   init: str = "paper"
   dtype: str = "float32"
   tower_impl: str = "unrolled"  # how towers are mapped when no strategy says otherwise
+  pool_impl: str = "auto"  # POOL_IMPLS
+  conv1_impl: str = "direct"  # CONV1_IMPLS
   lrn: tuple[float, int, float, float] = (2.0, 5, 1e-4, 0.75)  # k, n, alpha, beta
 
 
@@ -315,9 +334,17 @@ class AlexNet(nnx.Module):
 
   # Segments: the pure per-tower functions that tower_map maps.
 
-  def _conv_segment(self, specs: tuple[Conv, ...], constrain: Constrain = no_constraint) -> Callable:
+  def _conv_function(self, spec: Conv) -> Callable:
+    if (spec.name == "conv1" and spec.stride > 1
+        and self.opts.conv1_impl == "space_to_depth"):
+      return fastops.strided_conv_as_space_to_depth
+    return conv2d
+
+  def _conv_segment(self, specs: tuple[Conv, ...],
+                    constrain: Constrain = no_constraint) -> Callable:
     act = ACTIVATIONS[self.opts.activation]
     window, stride = POOLS[self.opts.pool]
+    pool = pool_function(self.opts.pool_impl)
     k, n, alpha, beta = self.opts.lrn
     use_lrn = self.opts.norm == "lrn"
 
@@ -326,11 +353,12 @@ class AlexNet(nnx.Module):
         # Named scopes put the layer into the compiled program's op names (HLO analysis).
         with jax.named_scope(spec.name):
           x = x if i == 0 else constrain(spec.name, x)
-          x = act(conv2d(x, kernel, spec.stride, spec.padding) + bias.astype(x.dtype))
+          conv = self._conv_function(spec)
+          x = act(conv(x, kernel, spec.stride, spec.padding) + bias.astype(x.dtype))
           if use_lrn and spec.lrn:
             x = local_response_norm(x, k, n, alpha, beta)
           if spec.pool:
-            x = max_pool(x, window, stride)
+            x = pool(x, window, stride)
       return x
 
     return segment
@@ -377,15 +405,16 @@ class AlexNet(nnx.Module):
     if self.opts.norm == "batch":  # single tower (validated): BatchNorm is a stateful module
       act = ACTIVATIONS[self.opts.activation]
       window, stride = POOLS[self.opts.pool]
+      pool = pool_function(self.opts.pool_impl)
       for spec in self.conv_specs:
         with jax.named_scope(spec.name):
           x = constrain(spec.name, x)
           kernel = constrain(f"{spec.name}/kernel", getattr(self, spec.name).kernel[...])
-          x = conv2d(x, kernel, spec.stride, spec.padding)
+          x = self._conv_function(spec)(x, kernel, spec.stride, spec.padding)
           x = getattr(self, spec.name + "_bn")(x, use_running_average=not train).astype(dtype)
           x = act(x)
           if spec.pool:
-            x = max_pool(x, window, stride)
+            x = pool(x, window, stride)
     else:
       for j, run in enumerate(self._conv_runs()):
         # Each layer runs under a named scope, so the compiled program's op names say which
@@ -448,6 +477,7 @@ def options_from_config(model_cfg, input_size: int) -> tuple[Variant, Options]:
       num_classes=model_cfg.num_classes, input_size=input_size, norm=norm, pool=model_cfg.pool,
       activation=model_cfg.activation, dropout=model_cfg.dropout, width=model_cfg.width,
       init=init, dtype=model_cfg.dtype, tower_impl=model_cfg.tower_impl,
+      pool_impl=model_cfg.pool_impl, conv1_impl=model_cfg.conv1_impl,
       lrn=(model_cfg.lrn_k, model_cfg.lrn_n, model_cfg.lrn_alpha, model_cfg.lrn_beta))
   return variant, opts
 
@@ -463,6 +493,10 @@ def check_options(variant: Variant, opts: Options) -> None:
       (opts.dtype in DTYPES, f"config.model.dtype={opts.dtype!r}: choose {', '.join(DTYPES)}"),
       (opts.tower_impl in TOWER_IMPLS,
        f"config.model.tower_impl={opts.tower_impl!r}: choose {' or '.join(TOWER_IMPLS)}"),
+      (opts.pool_impl in POOL_IMPLS,
+       f"config.model.pool_impl={opts.pool_impl!r}: choose {', '.join(POOL_IMPLS)}"),
+      (opts.conv1_impl in CONV1_IMPLS,
+       f"config.model.conv1_impl={opts.conv1_impl!r}: choose {' or '.join(CONV1_IMPLS)}"),
       (0.0 <= opts.dropout < 1.0, f"config.model.dropout={opts.dropout}: must be in [0, 1)"),
       (opts.num_classes >= 1, f"config.model.num_classes={opts.num_classes}: must be >= 1"),
       (opts.width > 0, f"config.model.width={opts.width}: must be > 0"),

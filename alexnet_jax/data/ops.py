@@ -68,9 +68,20 @@ def decode_center_square(image_bytes: tf.Tensor) -> tf.Tensor:
 
 
 def resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Resize to size x size: bilinear, antialiased when shrinking (as PIL does), rounded to uint8."""
-  resized = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+  """Resize to size x size: bilinear, antialiased when shrinking (as PIL does), rounded to uint8.
+
+  An image already size x size is returned as it is: the resize would give the same pixels
+  (tested) and costs more than decoding a 256 px JPEG (pre-resized datasets, `launch.py prepare`).
+  """
+  def resize():
+    resized = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+  shape = tf.shape(image)
+  same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+  out = tf.cond(same, lambda: tf.cast(image, tf.uint8), resize)
+  out.set_shape([size, size, image.shape[-1]])
+  return out
 
 
 # --- crops and flips -----------------------------------------------------------------------------

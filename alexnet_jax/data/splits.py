@@ -9,6 +9,7 @@ process reads its slice of the same global permutation.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -94,37 +95,61 @@ class FileSplit(RandomAccessSplit):
     example_ids = tf.constant(indices.astype(np.int64))
     paths = tf.constant(self.paths[indices].astype(str))
     labels = tf.constant(self.labels[indices])
+    # Positions are dealt round-robin to `shards` streams (stream k: k, k + S, k + 2S, ...)
+    # that read, decode and fill gaps each on its own thread; interleaving them one element at
+    # a time restores the order exactly, whatever S is. With one stream, every image would go
+    # through the sequential gap-filling step (scan) on a single thread.
+    shards = max(1, min(count, self.options.num_parallel_calls
+                        if self.options.num_parallel_calls > 0 else _default_shards()))
 
-    def load(position):
-      square = ops.decode_center_square(tf.io.read_file(paths[position]))
-      return position, ops.resize_square(square, size)
+    def shard(k):
+      length = (count - k + shards - 1) // shards  # positions k + shards * j, j < length
 
-    # Files failing the header check never get here. One that passes it and still fails to
-    # decode is dropped by ignore_errors(); fill_gaps puts a black square (logged by name) in
-    # its place, so later examples keep their positions: batches must depend neither on where
-    # a run was resumed nor on the process count.
-    def fill_gaps(expected, element):
-      position, square = element
+      def load(j):
+        position = k + shards * j
+        square = ops.decode_center_square(tf.io.read_file(paths[position]))
+        return j, ops.resize_square(square, size)
 
-      def log_missing():
-        return tf.py_function(_log_undecodable, [paths[expected:position]], tf.bool)
+      # Files failing the header check never get here. One that passes it and still fails to
+      # decode is dropped by ignore_errors(); fill_gaps puts a black square (logged by name) in
+      # its place, so later examples keep their positions: batches must depend neither on where
+      # a run was resumed nor on the process count.
+      def fill_gaps(expected, element):
+        j, square = element
+        positions = k + shards * tf.range(expected, j + 1)
 
-      logged = tf.cond(position > expected, log_missing, lambda: tf.constant(True))
-      with tf.control_dependencies([logged]):
-        blacks = tf.zeros(tf.stack([position - expected, size, size, 3]), tf.uint8)
-        squares = tf.concat([blacks, square[None]], axis=0)
-      return position + 1, (tf.range(expected, position + 1), squares)
+        def with_blacks():
+          logged = tf.py_function(_log_undecodable, [tf.gather(paths, positions[:-1])],
+                                  tf.bool)
+          with tf.control_dependencies([logged]):
+            blacks = tf.zeros(tf.stack([j - expected, size, size, 3]), tf.uint8)
+            return tf.concat([blacks, square[None]], axis=0)
 
-    def with_id_and_label(position, square):
-      return example_ids[position], square, labels[position]
+        squares = tf.cond(j > expected, with_blacks, lambda: square[None])
+        known = tf.minimum(positions, count - 1)  # the sentinel's position is past the end
+        return j + 1, (tf.gather(example_ids, known), squares, tf.gather(labels, known))
 
-    ds = tf.data.Dataset.range(count).map(load, num_parallel_calls=self.options.parallel,
-                                          deterministic=True).ignore_errors()
-    # A sentinel one past the end lets fill_gaps fill a gap at the end too; take() drops it.
-    sentinel = (tf.constant(count, tf.int64), tf.zeros([size, size, 3], tf.uint8))
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
-    ds = ds.scan(tf.constant(0, tf.int64), fill_gaps).unbatch().take(count)
-    return ds.map(with_id_and_label)
+      ds = tf.data.Dataset.range(length).map(load).ignore_errors()
+      # A sentinel one past the end lets fill_gaps fill a gap at the end too; take() drops it.
+      sentinel = (length, tf.zeros([size, size, 3], tf.uint8))
+      ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
+      ds = ds.scan(tf.constant(0, tf.int64), fill_gaps).unbatch().take(length)
+      return ds.prefetch(8)  # each stream runs ahead of the round-robin
+
+    if shards == 1:
+      return shard(tf.constant(0, tf.int64))
+    return tf.data.Dataset.range(shards).interleave(
+        shard, cycle_length=shards, block_length=1, num_parallel_calls=shards,
+        deterministic=True)
+
+
+def _default_shards() -> int:
+  """Decoding streams for AUTOTUNE: one per core this process may use, at most 32."""
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:
+    cores = os.cpu_count() or 1
+  return max(1, min(32, cores))
 
 
 def _log_undecodable(paths) -> bool:

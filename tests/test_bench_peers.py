@@ -1,0 +1,75 @@
+"""The benchmarks' helpers: the PyTorch peer's layout, the comparison's settings, the pipeline
+benchmark on a few images (figures are printed by the scripts, not asserted here)."""
+
+import os
+import sys
+
+import jax
+import pytest
+
+from alexnet_jax import train
+from alexnet_jax.configlib import base_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import compare_torch  # noqa: E402
+import input_pipeline  # noqa: E402
+
+
+def test_torch_peer_has_torchvisions_layout_and_our_owt_shapes():
+  import torch
+  import torch_alexnet
+
+  model = torch_alexnet.alexnet()
+  shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+  assert list(shapes) == [f"{part}.{i}.{kind}" for part, indices in
+                          (("features", (0, 3, 6, 8, 10)), ("classifier", (1, 4, 6)))
+                          for i in indices for kind in ("weight", "bias")]
+  assert sum(v.numel() for v in model.parameters()) == 61_100_840
+  cfg = base_config()
+  cfg.model.name, cfg.model.num_classes = "owt", 1000
+  ours = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))[0]
+  names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+  keys = [k for k in shapes if k.endswith("weight")]
+  for name, key in zip(names, keys):
+    kernel = ours[name]["kernel"].shape
+    if len(kernel) == 4:  # HWIO here, OIHW there
+      assert shapes[key] == (kernel[3], kernel[2], kernel[0], kernel[1]), name
+    else:  # (in, out) here, (out, in) there
+      assert shapes[key] == kernel[::-1], name
+
+  bench = torch_alexnet.TorchBench(2, torch_alexnet.Variant(channels_last=True),
+                                   image_size=64, num_classes=10)
+  before = model.state_dict()["features.0.weight"].clone()
+  times = bench.run(1)
+  assert len(times) == 1 and times[0] > 0
+  assert not torch.equal(bench.model.state_dict()["features.0.weight"], before)  # it trained
+
+
+def test_comparison_settings_parse():
+  label, overrides, env = compare_torch.parse_variant(
+      "no flags:--config.model.pool_impl=reduce_window ALEXNET_JAX_XLA_DEFAULTS=0")
+  assert label == "no flags"
+  assert overrides == ["model.pool_impl=reduce_window"]
+  assert env == {"ALEXNET_JAX_XLA_DEFAULTS": "0"}
+  with pytest.raises(SystemExit, match="neither"):
+    compare_torch.parse_variant("bad:oops")
+
+
+def test_pipeline_benchmark_measures_original_and_prepared_images(tmp_path, monkeypatch):
+  from alexnet_jax import prepare
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  unique = str(tmp_path / "unique")
+  input_pipeline.make_originals(unique, 3, 80, 60, 90)
+  prepare.prepare_folder(unique, unique + "_small", size=36, workers=1)
+  for name, source in (("original", unique), ("prepared", unique + "_small")):
+    root = str(tmp_path / name)
+    input_pipeline.link_folder(root, source, 3, 16)
+    assert len(os.listdir(os.path.join(root, "train"))) == input_pipeline.CLASSES
+    cfg = input_pipeline.pipeline_config(root, batch=4, resize=36, crop=32)
+    figures = input_pipeline.measure(cfg, batches=2, warmup=1)
+    assert figures["images"] == 8
+    assert figures["images_per_s"] == pytest.approx(8 / figures["wall_s"])
+    assert figures["images_per_cpu_s"] == pytest.approx(8 / figures["cpu_s"])
