@@ -53,7 +53,7 @@ def test_bench_runs_the_train_step_without_tensorflow(tmp_path):
   assert figures["images_per_second"] == pytest.approx(16 / figures["median_step_seconds"])
   cfg = cli.load_config("configs/test.py", [])
   assert figures["flops_per_image"] == flops.train_flops_per_image(cfg.model, cfg.data.crop_size)
-  assert figures["devices"] == 8 and figures["mesh"] == {"data": 8}  # conftest's CPU devices
+  assert figures["devices"] == 8 and figures["mesh"] == {"data": 8, "model": 1}  # conftest's CPU devices
   assert figures["mfu"] == pytest.approx(
       figures["achieved_tflops"] / (figures["peak_tflops"] * 8))
   # The command line put its XLA flags in place before JAX started.

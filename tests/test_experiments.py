@@ -123,8 +123,58 @@ def test_ablation_summary_means_stds_and_paired_deltas():
   assert pool["top5_err_delta_mean"] == pytest.approx(-0.5)  # (0, -1)
   assert (pool["paper_top1_delta"], pool["paper_top5_delta"]) == (-0.4, -0.3)
   md = ablate.markdown(summary, "title")
-  assert "| paper | lrn | overlap | 2 | 11.00 ± 1.41 |" in md
+  assert "| paper | lrn | overlap | 2 | 0 | 11.00 ± 1.41 |" in md
   assert "| LRN: paper − no_lrn | 2 | -2.50 ± 0.71 | -0.50 ± 0.71 | -1.4 | -1.2 |" in md
+
+
+def test_a_diverged_run_is_counted_not_averaged():
+  nan = math.nan
+  errors = {
+      "paper": {0: {"top1_err": 0.10, "top5_err": 0.02}, 1: {"top1_err": 0.12, "top5_err": 0.04}},
+      "no_lrn": {0: {"top1_err": nan, "top5_err": nan}, 1: {"top1_err": 0.15, "top5_err": 0.05}},
+  }
+  summary = ablate.summarize(errors)
+  rows = {r["condition"]: r for r in summary["conditions"]}
+  assert (rows["no_lrn"]["seeds"], rows["no_lrn"]["diverged"]) == (1, 1)
+  assert rows["no_lrn"]["top1_err_mean"] == pytest.approx(15.0)
+  assert (rows["paper"]["seeds"], rows["paper"]["diverged"]) == (2, 0)
+  (lrn,) = summary["effects"]
+  assert lrn["seeds"] == 1 and lrn["top1_err_delta_mean"] == pytest.approx(-3.0)  # seed 1 only
+  assert "| no_lrn | none | overlap | 1 | 1 | 15.00 |" in ablate.markdown(summary, "title")
+
+
+def test_relu_tanh_records_a_diverged_rate_and_chooses_another(tmp_path, monkeypatch):
+  from alexnet_jax import train as train_lib
+  from alexnet_jax.metric_writer import MetricWriter
+
+  def fake_train_run(cfg, workdir):
+    # Training error falls linearly with the step; the rate 50 "blows up" at step 4.
+    rate, activation = cfg.optim.learning_rate, cfg.model.activation
+    steps = 4 if rate == 50 else 22
+    writer = MetricWriter(workdir)
+    for step in range(cfg.log_every_steps, steps + 1, cfg.log_every_steps):
+      err = 1.0 - step / 22 * (0.8 if activation == "relu" else 0.5) * (2 if rate == 50 else 1)
+      writer.write(step, "train", {"top1_err": err, "loss": 1.0})
+    writer.close()
+    if rate == 50:
+      raise train_lib.NonFiniteLoss("the training loss became NaN or Inf at step 4")
+    return {"top1_err": 0.2, "top5_err": 0.0, "count": 360}
+
+  monkeypatch.setattr(runs, "train_run", fake_train_run)
+  cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
+  relu_tanh.apply_figure1_settings(cfg)
+  configlib.apply_overrides(cfg, ["batch_size=64"])
+  root = str(tmp_path / "fig1")
+  relu_tanh.run(cfg, root, seeds=[0], epochs=1.0, target=0.5, points_per_epoch=11,
+                rates=[0.01, 50])
+  saved = json.load(open(os.path.join(root, "figure1.json")))
+  for activation in ("relu", "tanh"):
+    search = saved["rate_search"][activation]
+    assert search["50"]["diverged"] is True and search["50"]["final_train_top1_err"] is None
+    assert search["0.01"]["diverged"] is False
+    assert saved["learning_rates"][activation] == 0.01
+  # ReLU's error 1 - 0.8 s/22 crosses 0.5 at step 13.75 = 0.625 epochs.
+  assert saved["epochs_to_target"]["relu"]["0"] == pytest.approx(0.625)
 
 
 def test_single_seed_has_no_spread_and_json_says_null():

@@ -5,7 +5,8 @@ the same data with the same seeds and budget; only config.model.norm / config.mo
 change. Each run's final held-out evaluation gives its top-1 and top-5 error; a condition's
 figure is the mean and sample std over seeds. An effect is the paired difference (same seed)
 "with the feature - without", in percentage points, set beside the paper's (negative = the
-feature lowers the error).
+feature lowers the error). A run whose loss became NaN/Inf (train.NonFiniteLoss) is counted in
+its condition's "diverged" column and left out of the means and of the paired effects.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
+import math
 import os
 
 from alexnet_jax.experiments import runs
+
+log = logging.getLogger("alexnet_jax.experiments")
 
 # name -> (config.model.norm, config.model.pool)
 CONDITIONS = {
@@ -43,21 +48,28 @@ def check_model(cfg) -> None:
                                f"switch off; ablate one of {', '.join(with_lrn)}")
 
 
+def _finished(per_seed: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+  """The seeds whose run trained to the end (a diverged run has NaN errors)."""
+  return {s: e for s, e in per_seed.items() if not math.isnan(e["top1_err"])}
+
+
 def summarize(errors: dict[str, dict[int, dict[str, float]]]) -> dict:
-  """errors[condition][seed] = {"top1_err", "top5_err"} (fractions) -> the tables (in %)."""
+  """errors[condition][seed] = {"top1_err", "top5_err"} (fractions; NaN for a diverged run)
+  -> the tables (in %)."""
   table = []
   for name, per_seed in errors.items():
+    finished = _finished(per_seed)
     row = {"condition": name, "norm": CONDITIONS[name][0], "pool": CONDITIONS[name][1],
-           "seeds": len(per_seed)}
+           "seeds": len(finished), "diverged": len(per_seed) - len(finished)}
     for metric in ("top1_err", "top5_err"):
       row[metric + "_mean"], row[metric + "_std"] = runs.mean_std(
-          [100 * e[metric] for e in per_seed.values()])
+          [100 * e[metric] for e in finished.values()])
     table.append(row)
   effects = []
   for name, with_, without, paper1, paper5 in EFFECTS:
     if with_ not in errors or without not in errors:
       continue
-    seeds = sorted(set(errors[with_]) & set(errors[without]))
+    seeds = sorted(set(_finished(errors[with_])) & set(_finished(errors[without])))
     row = {"effect": name, "with": with_, "without": without, "seeds": len(seeds),
            "paper_top1_delta": paper1, "paper_top5_delta": paper5}
     for metric in ("top1_err", "top5_err"):
@@ -70,10 +82,11 @@ def summarize(errors: dict[str, dict[int, dict[str, float]]]) -> dict:
 def markdown(summary: dict, header: str) -> str:
   f = runs.format_mean_std
   paper = lambda v: "—" if v is None else f"{v:+.1f}"
-  lines = [header, "", "| condition | norm | pool | seeds | top-1 error (%) | top-5 error (%) |",
-           "|---|---|---|---|---|---|"]
+  lines = [header, "", "| condition | norm | pool | seeds | diverged | top-1 error (%) | "
+           "top-5 error (%) |", "|---|---|---|---|---|---|---|"]
   for r in summary["conditions"]:
     lines.append(f"| {r['condition']} | {r['norm']} | {r['pool']} | {r['seeds']} | "
+                 f"{r['diverged']} | "
                  f"{f(r['top1_err_mean'], r['top1_err_std'])} | "
                  f"{f(r['top5_err_mean'], r['top5_err_std'])} |")
   lines += ["", "| effect (with − without) | seeds | Δ top-1 (points) | Δ top-5 (points) | "
@@ -98,6 +111,8 @@ def run(cfg, root: str, *, seeds: list[int], conditions=DEFAULT_CONDITIONS) -> t
   (and ablation_effects.csv) into `root`; returns (the Markdown, everything)."""
   import jax
 
+  from alexnet_jax import train as train_lib
+
   check_model(cfg)
   if not seeds:
     raise runs.ExperimentError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
@@ -112,12 +127,20 @@ def run(cfg, root: str, *, seeds: list[int], conditions=DEFAULT_CONDITIONS) -> t
       run_cfg = copy.deepcopy(cfg)
       run_cfg.model.norm, run_cfg.model.pool = CONDITIONS[name]
       run_cfg.seed = seed
-      result = runs.train_run(run_cfg, os.path.join(root, name, f"seed{seed}"))
+      try:
+        result = runs.train_run(run_cfg, os.path.join(root, name, f"seed{seed}"))
+      except train_lib.NonFiniteLoss as e:
+        # One unstable run must not throw away the others: it is reported, not averaged.
+        log.warning("%s, seed %d diverged: %s", name, seed, e)
+        result = {"top1_err": math.nan, "top5_err": math.nan, "count": math.nan}
       errors[name][seed] = {"top1_err": result["top1_err"], "top5_err": result["top5_err"],
                             "count": result["count"]}
   summary = summarize(errors)  # every process has the (global) evaluation results
+  counts = [e["count"] for per_seed in errors.values() for e in per_seed.values()
+            if not math.isnan(e["count"])]
+  examples = f"{int(counts[0])} examples" if counts else "no run finished"
   header = (f"Ablations: {cfg.model.name} on {cfg.data.name} ({cfg.data.eval_split}, "
-            f"{int(errors[conditions[0]][seeds[0]]['count'])} examples, centre "
+            f"{examples}, centre "
             f"crop), {cfg.num_epochs:g} epochs, seeds {', '.join(map(str, seeds))}; "
             "mean ± std over seeds")
   text = markdown(summary, header)

@@ -93,7 +93,7 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
 
 
 def jsonable(value):
-  """Plain JSON types: NaN -> null, numpy scalars and arrays -> numbers and lists, keys -> str."""
+  """Plain JSON types: NaN and infinities -> null, numpy scalars and arrays -> numbers and lists, keys -> str."""
   import numpy as np
 
   if isinstance(value, dict):
@@ -104,6 +104,6 @@ def jsonable(value):
     return jsonable(value.tolist())
   if isinstance(value, np.generic):
     value = value.item()
-  if isinstance(value, float) and math.isnan(value):
+  if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
