@@ -73,3 +73,28 @@ def test_pipeline_benchmark_measures_original_and_prepared_images(tmp_path, monk
     assert figures["images"] == 8
     assert figures["images_per_s"] == pytest.approx(8 / figures["wall_s"])
     assert figures["images_per_cpu_s"] == pytest.approx(8 / figures["cpu_s"])
+
+
+def test_conv_layer_benchmark_times_owts_five_convolutions(tmp_path):
+  import subprocess
+
+  import conv_layers
+
+  cfg = base_config()
+  cfg.model.name, cfg.model.num_classes = "owt", 1000
+  params = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))[0]
+  side = 224
+  for name, in_side, cin, cout, k, stride, pad in conv_layers.OWT_CONVS:
+    assert params[name]["kernel"].shape == (k, k, cin, cout), name
+    assert in_side == side, name
+    side = (side + 2 * pad - k) // stride + 1
+    if name in ("conv1", "conv2"):  # each followed by a 3x3/2 max pool
+      side = (side - 3) // 2 + 1
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "conv_layers.py"),
+                           "--batch", "2", "--repeats", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert [l.split(":")[0] for l in lines[1:6]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+  assert "input grad 0," in lines[1] and "PyTorch channels_last" in lines[1]
+  assert lines[-1].startswith("all five: ours") and "PyTorch" in lines[-1]
