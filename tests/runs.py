@@ -20,6 +20,14 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_with(**overrides):
+  """configs/test.py with `field=value` overrides (dotted fields as **{"optim.x": v})."""
+  from alexnet_jax import configlib
+  cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
+  configlib.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+  return cfg
 TOTAL_STEPS = 24
 OVERRIDES = (
     "--config.num_epochs=0.55",  # 44 steps per epoch: round(0.55 * 44) = 24 steps

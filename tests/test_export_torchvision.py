@@ -1,18 +1,19 @@
 """torchvision interchange for the owt variant, checked against PyTorch itself.
 
-torchvision's AlexNet is built here by hand with torch.nn (there is no torchvision CPU build on
-these machines): the same module tree, so the same state_dict names (features.0, .3, .6, .8,
-.10; classifier.1, .4, .6) and the same computation.
+torchvision's AlexNet is the PyTorch peer's (benchmarks/torch_alexnet.py), built by hand with
+torch.nn (there is no torchvision CPU build on these machines): the same module tree, so the
+same state_dict names (features.0, .3, .6, .8, .10; classifier.1, .4, .6) and the same
+computation.
 """
 
 import ast
 import os
+import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
 import safetensors.torch  # noqa: E402
 
 from alexnet_jax import export, predict, preprocess, train  # noqa: E402
@@ -20,35 +21,15 @@ from alexnet_jax import safetensors_io  # noqa: E402
 
 import jax  # noqa: E402
 
-
-class TorchvisionAlexNet(nn.Module):
-  """torchvision.models.AlexNet, layer for layer."""
-
-  def __init__(self, num_classes: int = 1000):
-    super().__init__()
-    self.features = nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2))
-    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-    self.classifier = nn.Sequential(
-        nn.Dropout(p=0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-        nn.Dropout(p=0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-        nn.Linear(4096, num_classes))
-
-  def forward(self, x):
-    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import torch_alexnet  # noqa: E402
 
 
 def random_torch_model(num_classes=1000, seed=0):
   """Random weights scaled (He) so that the logits are of order 1, not vanishing."""
   torch.manual_seed(seed)
-  model = TorchvisionAlexNet(num_classes).eval()
+  model = torch_alexnet.alexnet(num_classes).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       fan_in = p[0].numel() if name.endswith("weight") else 1
@@ -118,7 +99,7 @@ def test_torchvision_to_this_layout_and_back_is_exact_and_loads_in_pytorch(torch
   assert "params/fc6/kernel" in safetensors_io.read_header(mine)[0]
   out = str(tmp_path / "for_torch.safetensors")
   export.export(params=mine, out=out, layout="torchvision")
-  fresh = TorchvisionAlexNet()
+  fresh = torch_alexnet.alexnet()
   fresh.load_state_dict(safetensors.torch.load_file(out))
   for (name, a), b in zip(torch_model.state_dict().items(), fresh.state_dict().values()):
     assert torch.equal(a, b), name
@@ -148,7 +129,7 @@ def test_evaluate_reads_torchvision_weights_directly(tmp_path):
 
 def test_torchvision_files_of_another_class_count_or_not_alexnet(tmp_path):
   ten = str(tmp_path / "ten.pth")
-  torch.save(TorchvisionAlexNet(10).state_dict(), ten)
+  torch.save(torch_alexnet.alexnet(10).state_dict(), ten)
   expect = export.torchvision_config(1000)
   with pytest.raises(export.ExportError) as e:
     export.load(ten, expect=expect)
@@ -160,7 +141,7 @@ def test_torchvision_files_of_another_class_count_or_not_alexnet(tmp_path):
     export.load(other)
 
   pickled = str(tmp_path / "pickled.pth")
-  torch.save({"state_dict": TorchvisionAlexNet(10).state_dict(), "note": object.__new__(Note)},
+  torch.save({"state_dict": torch_alexnet.alexnet(10).state_dict(), "note": object.__new__(Note)},
              pickled)
   with pytest.raises(export.ExportError, match="weights_only=True"):
     export.load(pickled)

@@ -13,17 +13,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import alexnet_jax.data as data
-from alexnet_jax import cli, configlib, preprocess
+from alexnet_jax import cli, preprocess
 from alexnet_jax.data import order
 from alexnet_jax.experiments import ablate, augment, curves, kernels, neighbours, runs
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**fields):
-  cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
-  configlib.apply_overrides(cfg, [f"{k}={v}" for k, v in fields.items()])
-  return cfg
+from runs import config_with  # tests/runs.py
 
 
 def png_size(path):
@@ -43,7 +36,7 @@ def trained(tmp_path_factory):
   """
   root = str(tmp_path_factory.mktemp("ablate"))
   workdir = os.path.join(root, "paper", "seed0")
-  cfg = tiny_config(**{"model.tower_impl": "vmap", "num_epochs": 0.5, "eval_every_epochs": 0.25,
+  cfg = config_with(**{"model.tower_impl": "vmap", "num_epochs": 0.5, "eval_every_epochs": 0.25,
                        "optim.learning_rate": 0.05, "model.norm": "lrn", "model.pool": "overlap"})
   drawn = []
   original = curves.write_training_curves
@@ -236,7 +229,7 @@ def test_queries_show_different_classes_then_fill_up_in_order():
 
 
 def test_augmentation_sheet_shows_exactly_what_training_sees(tmp_path):
-  cfg = tiny_config(**{"data.flip": True, "data.pca_lighting": 0.1, "seed": 3})
+  cfg = config_with(**{"data.flip": True, "data.pca_lighting": 0.1, "seed": 3})
   out = str(tmp_path / "sheet.png")
   path, views = augment.run(cfg, out, images=3, epochs=2, lighting_gain=4.0)
   assert png_size(path)[0] > 200

@@ -13,14 +13,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import cli, configlib, data, optim, sharding, train
 from alexnet_jax.metric_writer import read_metrics
+from runs import config_with
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def make_config(**overrides):
-  cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
-  configlib.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
-  return cfg
 
 
 def one_step_setup(cfg):
@@ -45,7 +40,7 @@ def random_batch(cfg, n, seed=0):
 
 @pytest.mark.parametrize("name,size", [("paper", 227), ("paper6", 227), ("owt", 224), ("bn", 227)])
 def test_full_size_variants_train_a_step(name, size):
-  cfg = make_config(**{"model.name": name, "model.width": 1.0, "model.num_classes": 1000,
+  cfg = config_with(**{"model.name": name, "model.width": 1.0, "model.num_classes": 1000,
                        "data.crop_size": size, "data.resize_size": 256})
   fns, tx, schedule, init = one_step_setup(cfg)
   state = train.create_state(init, None)
@@ -69,7 +64,7 @@ def test_top_k_errors_count_the_rank_of_the_true_label():
 
 
 def test_data_parallel_step_on_8_devices_equals_one_device():
-  cfg = make_config()
+  cfg = config_with()
   fns, tx, schedule, init = one_step_setup(cfg)
   batch = random_batch(cfg, 32)
   step_fn = train.make_train_step(cfg, fns, tx, schedule)
@@ -92,7 +87,7 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
 
 def test_eval_counts_every_example_exactly_once():
   # 360 held-out digits in batches of 64 (8 devices): 6 batches, the last padded and masked.
-  cfg = make_config(eval_batch_size=64)
+  cfg = config_with(eval_batch_size=64)
   fns, tx, _, init = one_step_setup(cfg)
   state = train.create_state(init, None)
   strategy = sharding.get_strategy("data")
@@ -148,7 +143,7 @@ def test_default_config_reaches_its_stated_accuracy(tmp_path):
 
 def test_same_workdir_resumes_from_the_latest_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
-  cfg = make_config(num_epochs=0.25, checkpoint_every_steps=4, log_every_steps=1,
+  cfg = config_with(num_epochs=0.25, checkpoint_every_steps=4, log_every_steps=1,
                     eval_every_epochs=10.0)
   train.train_and_evaluate(cfg, workdir)  # 11 steps; checkpoints at 4, 8, 11
   first = [r for r in read_metrics(workdir) if r["split"] == "train"]
@@ -190,7 +185,7 @@ def test_unknown_config_file_and_workdir_of_another_run(tmp_path, capsys):
   assert "no such config" in capsys.readouterr().err
   workdir = tmp_path / "w"
   workdir.mkdir()
-  other = make_config(**{"model.name": "paper", "model.num_classes": 1000})
+  other = config_with(**{"model.name": "paper", "model.num_classes": 1000})
   (workdir / "config.json").write_text(configlib.to_json(other))
   assert cli.main(["train", "--config", os.path.join(REPO, "configs", "test.py"),
                    "--workdir", str(workdir)]) == 2
@@ -198,7 +193,7 @@ def test_unknown_config_file_and_workdir_of_another_run(tmp_path, capsys):
 
 
 def test_overrides_are_parsed_to_the_fields_type():
-  cfg = make_config()
+  cfg = config_with()
   configlib.apply_overrides(cfg, ["optim.learning_rate=1", "data.flip=true", "model.name=owt",
                                   "optim.decay_exclude=bias,scale", "data.mean=(0.5,0.5,0.5)"])
   assert cfg.optim.learning_rate == 1.0 and isinstance(cfg.optim.learning_rate, float)
