@@ -147,7 +147,7 @@ def test_relu_tanh_records_a_diverged_rate_and_chooses_another(tmp_path, monkeyp
   from alexnet_jax import train as train_lib
   from alexnet_jax.metric_writer import MetricWriter
 
-  def fake_train_run(cfg, workdir):
+  def fake_train_and_evaluate(cfg, workdir):
     # Training error falls linearly with the step; the rate 50 "blows up" at step 4.
     rate, activation = cfg.optim.learning_rate, cfg.model.activation
     steps = 4 if rate == 50 else 22
@@ -160,7 +160,8 @@ def test_relu_tanh_records_a_diverged_rate_and_chooses_another(tmp_path, monkeyp
       raise train_lib.NonFiniteLoss("the training loss became NaN or Inf at step 4")
     return {"top1_err": 0.2, "top5_err": 0.0, "count": 360}
 
-  monkeypatch.setattr(runs, "train_run", fake_train_run)
+  # The real runs.train_run around a stand-in for training: it turns the divergence into a result.
+  monkeypatch.setattr(train_lib, "train_and_evaluate", fake_train_and_evaluate)
   cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
   relu_tanh.apply_figure1_settings(cfg)
   configlib.apply_overrides(cfg, ["batch_size=64"])
@@ -173,6 +174,7 @@ def test_relu_tanh_records_a_diverged_rate_and_chooses_another(tmp_path, monkeyp
     assert search["50"]["diverged"] is True and search["50"]["final_train_top1_err"] is None
     assert search["0.01"]["diverged"] is False
     assert saved["learning_rates"][activation] == 0.01
+    assert saved["held_out_top1_err"][activation]["0"] == 0.2
   # ReLU's error 1 - 0.8 s/22 crosses 0.5 at step 13.75 = 0.625 epochs.
   assert saved["epochs_to_target"]["relu"]["0"] == pytest.approx(0.625)
 

@@ -5,8 +5,8 @@ the same data with the same seeds and budget; only config.model.norm / config.mo
 change. Each run's final held-out evaluation gives its top-1 and top-5 error; a condition's
 figure is the mean and sample std over seeds. An effect is the paired difference (same seed)
 "with the feature - without", in percentage points, set beside the paper's (negative = the
-feature lowers the error). A run whose loss became NaN/Inf (train.NonFiniteLoss) is counted in
-its condition's "diverged" column and left out of the means and of the paired effects.
+feature lowers the error). A run whose loss became NaN/Inf (runs.train_run: "diverged") is
+counted in its condition's "diverged" column and left out of the means and of the paired effects.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import logging
 import math
 import os
 
 from alexnet_jax.experiments import runs
-
-log = logging.getLogger("alexnet_jax.experiments")
 
 # name -> (config.model.norm, config.model.pool)
 CONDITIONS = {
@@ -111,8 +108,6 @@ def run(cfg, root: str, *, seeds: list[int], conditions=DEFAULT_CONDITIONS) -> t
   (and ablation_effects.csv) into `root`; returns (the Markdown, everything)."""
   import jax
 
-  from alexnet_jax import train as train_lib
-
   check_model(cfg)
   if not seeds:
     raise runs.ExperimentError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
@@ -127,12 +122,7 @@ def run(cfg, root: str, *, seeds: list[int], conditions=DEFAULT_CONDITIONS) -> t
       run_cfg = copy.deepcopy(cfg)
       run_cfg.model.norm, run_cfg.model.pool = CONDITIONS[name]
       run_cfg.seed = seed
-      try:
-        result = runs.train_run(run_cfg, os.path.join(root, name, f"seed{seed}"))
-      except train_lib.NonFiniteLoss as e:
-        # One unstable run must not throw away the others: it is reported, not averaged.
-        log.warning("%s, seed %d diverged: %s", name, seed, e)
-        result = {"top1_err": math.nan, "top5_err": math.nan, "count": math.nan}
+      result = runs.train_run(run_cfg, os.path.join(root, name, f"seed{seed}"))
       errors[name][seed] = {"top1_err": result["top1_err"], "top5_err": result["top5_err"],
                             "count": result["count"]}
   summary = summarize(errors)  # every process has the (global) evaluation results

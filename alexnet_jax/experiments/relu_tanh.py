@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import os
 
 import numpy as np
 
 from alexnet_jax.experiments import plotting, runs
-
-log = logging.getLogger("alexnet_jax.experiments")
 
 ACTIVATIONS = ("relu", "tanh")
 PAPER = {"dataset": "CIFAR-10", "target": 0.25, "speedup": 6.0}
@@ -125,7 +122,6 @@ def run(cfg, root: str, *, seeds: list[int], epochs: float, target: float | None
   import jax
 
   from alexnet_jax import data
-  from alexnet_jax import train as train_lib
 
   if jax.process_count() > 1:
     # The curves come from metrics.jsonl, which only process 0 writes.
@@ -146,20 +142,15 @@ def run(cfg, root: str, *, seeds: list[int], epochs: float, target: float | None
 
   def train(activation, rate, seed):
     workdir = os.path.join(root, activation, f"lr{rate:g}", f"seed{seed}")
-    try:
-      result = runs.train_run(
-          run_config(cfg, activation, seed, epochs=epochs, learning_rate=rate,
-                     steps_per_epoch=steps_per_epoch, points_per_epoch=points_per_epoch),
-          workdir)
-      final = None
-    except train_lib.NonFiniteLoss as e:
-      # Too large a rate: the curve stops where the loss blew up, and the run never reaches
-      # the target after that (a candidate rate, not a failure of the experiment).
-      log.warning("%s at learning rate %g, seed %d diverged: %s", activation, rate, seed, e)
-      result, final = {}, math.inf
+    result = runs.train_run(
+        run_config(cfg, activation, seed, epochs=epochs, learning_rate=rate,
+                   steps_per_epoch=steps_per_epoch, points_per_epoch=points_per_epoch),
+        workdir)
     x, y = error_curve(workdir, steps_per_epoch)
-    final = (y[-1] if len(y) else math.inf) if final is None else final
-    return x, y, epochs_to_target(x, y, target), result.get("top1_err", math.nan), final
+    # Too large a rate blows the loss up: its curve stops there, and as a candidate it ranks
+    # below every rate that trained to the end.
+    final = math.inf if result["diverged"] else y[-1]
+    return x, y, epochs_to_target(x, y, target), result["top1_err"], final, result["diverged"]
 
   chosen, search = {}, {}
   curves, to_target, held_out = {}, {}, {}
@@ -168,11 +159,11 @@ def run(cfg, root: str, *, seeds: list[int], epochs: float, target: float | None
     rate = choose_rate({r: v[2] for r, v in first.items()}, {r: v[4] for r, v in first.items()})
     chosen[activation] = rate
     search[activation] = {r: {"epochs_to_target": v[2], "final_train_top1_err": v[4],
-                              "diverged": v[4] == math.inf}
+                              "diverged": v[5]}
                           for r, v in first.items()}
     curves[activation], to_target[activation], held_out[activation] = {}, {}, {}
     for seed in seeds:
-      x, y, reach, err, _ = first[rate] if seed == seeds[0] else train(activation, rate, seed)
+      x, y, reach, err, _, _ = first[rate] if seed == seeds[0] else train(activation, rate, seed)
       curves[activation][seed] = (x, y)
       to_target[activation][seed] = reach
       held_out[activation][seed] = err

@@ -8,12 +8,14 @@ latest Orbax checkpoint holds the parameters. The whole train state is restored 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from typing import Any, Sequence
 
 from alexnet_jax import configlib
 
+log = logging.getLogger("alexnet_jax.experiments")
 
 class ExperimentError(configlib.ConfigError):
   """A work directory or argument an experiment cannot use; printed as one line by the CLI."""
@@ -21,7 +23,9 @@ class ExperimentError(configlib.ConfigError):
 
 def train_run(cfg, workdir: str) -> dict[str, float]:
   """Train `cfg` in `workdir` as `launch.py train` does (resuming a finished run only evaluates);
-  returns the final evaluation's metrics."""
+  returns the final evaluation's metrics and "diverged": False. A run whose loss became NaN or
+  Inf (train.NonFiniteLoss) returns NaN metrics and "diverged": True instead of raising: in an
+  experiment over many runs, one unstable setting is a result to report, not a reason to stop."""
   import jax
 
   from alexnet_jax import cli, train
@@ -31,7 +35,12 @@ def train_run(cfg, workdir: str) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(configlib.to_json(cfg))
-  return train.train_and_evaluate(cfg, workdir)
+  try:
+    metrics = train.train_and_evaluate(cfg, workdir)
+  except train.NonFiniteLoss as e:
+    log.warning("the run in %s diverged: %s", workdir, e)
+    return {"top1_err": math.nan, "top5_err": math.nan, "count": math.nan, "diverged": True}
+  return {**metrics, "diverged": False}
 
 
 def split_records(records: Sequence[dict], split: str) -> list[dict]:
@@ -93,7 +102,8 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
 
 
 def jsonable(value):
-  """Plain JSON types: NaN and infinities -> null, numpy scalars and arrays -> numbers and lists, keys -> str."""
+  """Plain JSON types: NaN and infinities -> null, numpy scalars and arrays -> numbers and
+  lists, keys -> str."""
   import numpy as np
 
   if isinstance(value, dict):
