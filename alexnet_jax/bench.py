@@ -118,17 +118,21 @@ def synthetic_batch(cfg, local_batch: int, seed: int = 0) -> dict[str, np.ndarra
   }
 
 
-def build(cfg) -> Setup:
-  """The train step of `cfg` as `train.train_and_evaluate` builds it, compiled, with its state."""
+def build(cfg, devices=None) -> Setup:
+  """The train step of `cfg` as `train.train_and_evaluate` builds it, compiled, with its state.
+
+  `devices`: the devices its mesh spans (default: all of them).
+  """
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from alexnet_jax import configlib, optim, train
   from alexnet_jax import sharding as shard_lib
 
+  devices = jax.devices() if devices is None else list(devices)
   strategy = shard_lib.get_strategy(cfg.sharding.strategy)
   mesh = shard_lib.make_mesh(strategy, shard_lib.parse_mesh_shape(cfg.sharding.mesh, strategy,
-                                                                  jax.device_count()))
+                                                                  len(devices)), devices)
   configlib.validate(cfg, data_axis=shard_lib.data_axis_size(mesh, strategy))
   fns = train.model_fns(cfg)
   tx = optim.make_optimizer(cfg.optim)

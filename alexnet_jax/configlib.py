@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tower_impl = "unrolled"  # unrolled (one conv per tower) | vmap (one grouped conv)
   c.model.pool_impl = "auto"  # auto (slices on CPU, else reduce_window) | slices | reduce_window
   c.model.conv1_impl = "direct"  # direct | space_to_depth (4x4 blocks, 48 channels, stride 1)
+  c.model.conv_impl = "auto"  # auto (oneDNN on one CPU device where it works, else XLA) | xla | onednn
   c.model.lrn_k = 2.0
   c.model.lrn_n = 5
   c.model.lrn_alpha = 1e-4  # the paper's alpha: NOT divided by n

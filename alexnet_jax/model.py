@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alexnet_jax import fastops
+from alexnet_jax import fastops, onednn
 
 Array = jax.Array
 TowerMap = Callable[[Callable], Callable]
@@ -170,6 +170,19 @@ POOL_IMPLS = {"auto": None, "slices": fastops.max_pool, "reduce_window": max_poo
 CONV1_IMPLS = ("direct", "space_to_depth")
 
 
+# config.model.conv_impl: the convolutions' forward pass and input gradient in XLA, or in oneDNN
+# through XLA:CPU's own custom call (onednn.py says why and when); "auto" takes oneDNN on a
+# single CPU device where the custom call works, XLA elsewhere.
+CONV_IMPLS = ("auto", "xla", "onednn")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  if impl == "auto":
+    single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    return "onednn" if single_cpu and onednn.available() else "xla"
+  return impl
+
+
 def pool_function(impl: str) -> Callable:
   if impl == "auto":
     impl = "slices" if jax.default_backend() == "cpu" else "reduce_window"
@@ -196,6 +209,16 @@ def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
   return jax.lax.conv_general_dilated(
       x, kernel.astype(x.dtype), (stride, stride), [(padding, padding)] * 2,
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def onednn_conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  """conv2d through oneDNN (float32 only: other dtypes stay with XLA)."""
+  if x.dtype != jnp.float32:
+    return conv2d(x, kernel, stride, padding)
+  return onednn.conv2d(x, kernel.astype(x.dtype), stride, padding)
+
+
+CONV_FUNCTIONS = {"xla": conv2d, "onednn": onednn_conv2d}
 
 
 def dropout(x: Array, rate: float, key: Array | None) -> Array:
@@ -286,6 +309,7 @@ class Options:
   tower_impl: str = "unrolled"  # how towers are mapped when no strategy says otherwise
   pool_impl: str = "auto"  # POOL_IMPLS
   conv1_impl: str = "direct"  # CONV1_IMPLS
+  conv_impl: str = "auto"  # CONV_IMPLS
   lrn: tuple[float, int, float, float] = (2.0, 5, 1e-4, 0.75)  # k, n, alpha, beta
 
 
@@ -338,7 +362,7 @@ class AlexNet(nnx.Module):
     if (spec.name == "conv1" and spec.stride > 1
         and self.opts.conv1_impl == "space_to_depth"):
       return fastops.strided_conv_as_space_to_depth
-    return conv2d
+    return CONV_FUNCTIONS[resolve_conv_impl(self.opts.conv_impl)]
 
   def _conv_segment(self, specs: tuple[Conv, ...],
                     constrain: Constrain = no_constraint) -> Callable:
@@ -478,6 +502,7 @@ def options_from_config(model_cfg, input_size: int) -> tuple[Variant, Options]:
       activation=model_cfg.activation, dropout=model_cfg.dropout, width=model_cfg.width,
       init=init, dtype=model_cfg.dtype, tower_impl=model_cfg.tower_impl,
       pool_impl=model_cfg.pool_impl, conv1_impl=model_cfg.conv1_impl,
+      conv_impl=model_cfg.conv_impl,
       lrn=(model_cfg.lrn_k, model_cfg.lrn_n, model_cfg.lrn_alpha, model_cfg.lrn_beta))
   return variant, opts
 
@@ -497,6 +522,11 @@ def check_options(variant: Variant, opts: Options) -> None:
        f"config.model.pool_impl={opts.pool_impl!r}: choose {', '.join(POOL_IMPLS)}"),
       (opts.conv1_impl in CONV1_IMPLS,
        f"config.model.conv1_impl={opts.conv1_impl!r}: choose {' or '.join(CONV1_IMPLS)}"),
+      (opts.conv_impl in CONV_IMPLS,
+       f"config.model.conv_impl={opts.conv_impl!r}: choose {', '.join(CONV_IMPLS)}"),
+      (opts.conv_impl != "onednn" or onednn.available(),
+       "config.model.conv_impl=onednn: this JAX cannot run XLA:CPU's oneDNN convolution here "
+       "(it needs the CPU backend and a jaxlib with that op); use auto or xla"),
       (0.0 <= opts.dropout < 1.0, f"config.model.dropout={opts.dropout}: must be in [0, 1)"),
       (opts.num_classes >= 1, f"config.model.num_classes={opts.num_classes}: must be >= 1"),
       (opts.width > 0, f"config.model.width={opts.width}: must be > 0"),

@@ -1,18 +1,21 @@
-"""Each convolution of the `owt` layout alone: ours (XLA) against PyTorch's (oneDNN), same process.
+"""Each convolution of the `owt` layout alone: ours (XLA's and oneDNN's) against PyTorch's.
 
     python benchmarks/conv_layers.py --batch 128 --repeats 5
 
 Where the whole train step is slower than PyTorch's, this says which layer and which pass
-(forward, input gradient, weight gradient) the time goes to. XLA's passes are timed one by one
-as separate jit-compiled functions over NHWC arrays, with the XLA flags `launch.py` sets at
-start-up; PyTorch's forward alone and forward + backward (both gradients at once, as autograd
-runs them) over channels_last tensors. Medians of --repeats calls after one warm-up, in ms of
-wall time. conv1 needs no input gradient (its input is the image).
+(forward, input gradient, weight gradient) the time goes to. Ours are timed pass by pass as
+separate jit-compiled functions over NHWC arrays, with the XLA flags `launch.py` sets at
+start-up, twice: XLA's own convolutions (config.model.conv_impl=xla) and the oneDNN custom call
+(conv_impl=onednn, alexnet_jax/onednn.py: forward and input gradient in oneDNN, the weight
+gradient still XLA's). PyTorch's: forward alone and forward + backward (both gradients at once,
+as autograd runs them) over channels_last tensors. Medians of --repeats calls after one warm-up,
+in ms of wall time. conv1 needs no input gradient (its input is the image).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -41,14 +44,12 @@ def median_ms(fn, repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def time_xla(batch, side, cin, cout, k, stride, pad, repeats, first_layer) -> dict[str, float]:
+def time_ours(conv, batch, side, cin, cout, k, stride, pad, repeats,
+              first_layer) -> dict[str, float]:
   import jax
   import jax.numpy as jnp
 
-  def conv(x, w):
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
+  conv = functools.partial(conv, stride=stride, padding=pad)
   x = jax.random.normal(jax.random.key(0), (batch, side, side, cin))
   w = 0.01 * jax.random.normal(jax.random.key(1), (k, k, cin, cout))
   g = jnp.ones(jax.eval_shape(conv, x, w).shape)
@@ -100,21 +101,36 @@ def main(argv=None) -> int:
   if not args.no_torch:
     import torch
     torch.set_num_threads(args.threads)
-  totals = {"ours": 0.0, "pytorch": 0.0}
+  from alexnet_jax import onednn
+  ours = {"XLA": onednn.xla_conv}
+  if onednn.available():
+    ours["oneDNN"] = onednn.conv2d
+  else:
+    print("# oneDNN: this jaxlib's XLA:CPU cannot run its oneDNN convolution; XLA's only")
+  totals = dict.fromkeys([*ours, "PyTorch"], 0.0)
+  fmt = lambda times: ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + " ms"
   for name, *shape in OWT_CONVS:
     first = name == "conv1"
-    ours = time_xla(args.batch, *shape, args.repeats, first)
-    totals["ours"] += ours["total"]
-    line = f"{name}: ours " + ", ".join(f"{k} {v:.0f}" for k, v in ours.items()) + " ms"
+    layer, line = {}, []
+    for label, conv in ours.items():
+      times = time_ours(conv, args.batch, *shape, args.repeats, first)
+      layer[label] = times["total"]
+      line.append(f"{label} " + fmt(times))
     if not args.no_torch:
       theirs = time_torch(args.batch, *shape, args.repeats, first)
-      totals["pytorch"] += theirs["total"]
-      line += " | PyTorch channels_last " + ", ".join(f"{k} {v:.0f}" for k, v in theirs.items())
-      line += f" ms | ours / PyTorch time {ours['total'] / theirs['total']:.2f}"
-    print(line, flush=True)
-  summary = f"all five: ours {totals['ours']:.0f} ms"
+      layer["PyTorch"] = theirs["total"]
+      line.append("PyTorch channels_last " + fmt(theirs))
+      line.append("time / PyTorch's: " + ", ".join(
+          f"{label} {layer[label] / theirs['total']:.2f}" for label in ours))
+    for label, total in layer.items():
+      totals[label] += total
+    print(f"{name}: " + " | ".join(line), flush=True)
+  if args.no_torch:
+    del totals["PyTorch"]
+  summary = "all five: " + ", ".join(f"{label} {t:.0f} ms" for label, t in totals.items())
   if not args.no_torch:
-    summary += f", PyTorch {totals['pytorch']:.0f} ms ({totals['ours'] / totals['pytorch']:.2f}x the time)"
+    summary += " (" + ", ".join(f"{label} {totals[label] / totals['PyTorch']:.2f}x"
+                                for label in ours) + " PyTorch's time)"
   print(summary)
   return 0
 

@@ -96,5 +96,7 @@ def test_conv_layer_benchmark_times_owts_five_convolutions(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()
   assert [l.split(":")[0] for l in lines[1:6]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+  # Both of ours (XLA's convolutions and oneDNN's), then PyTorch's, on every line.
+  assert "XLA forward" in lines[1] and "oneDNN forward" in lines[1]
   assert "input grad 0," in lines[1] and "PyTorch channels_last" in lines[1]
-  assert lines[-1].startswith("all five: ours") and "PyTorch" in lines[-1]
+  assert lines[-1].startswith("all five: XLA") and "oneDNN" in lines[-1] and "PyTorch" in lines[-1]
