@@ -109,6 +109,9 @@ def test_model_wiring():
   x = jnp.ones((1, 8, 8, 4), jnp.bfloat16)
   w = jnp.ones((3, 3, 4, 2), jnp.float32)
   np.testing.assert_array_equal(M.onednn_conv2d(x, w, 1, 1), M.conv2d(x, w, 1, 1))
+  lowered = lambda x: jax.jit(M.onednn_conv2d, static_argnums=(2, 3)).lower(x, w, 1, 1).as_text()
+  assert onednn.TARGET not in lowered(x)
+  assert onednn.TARGET in lowered(x.astype(jnp.float32))
 
 
 def test_auto_takes_onednn_on_one_cpu_device_only(monkeypatch):
