@@ -7,7 +7,7 @@
 
 import sys
 
-from alexnet_jax.cli import main
+from alexnet_jax.cli import entry_point
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(entry_point())

@@ -220,6 +220,16 @@ def setup_logging() -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def entry_point() -> int:
+  """The program (launch.py, the `alexnet-jax` script): process-wide host settings, then `main`.
+
+  Tests call `main` directly and so leave their own process's malloc alone.
+  """
+  from alexnet_jax import host_memory
+  host_memory.keep_freed_memory()  # before JAX starts its threads
+  return main()
+
+
 def main(argv: list[str] | None = None) -> int:
   from alexnet_jax import xla_flags
   xla_flags.apply_defaults()  # before JAX starts: XLA reads XLA_FLAGS once

@@ -3,8 +3,8 @@
     python benchmarks/compare_torch.py --config configs/owt.py --batch 32 --rounds 5 --steps 4
 
 Starts one worker process per contestant: ours (the step `launch.py bench` times, with the
-XLA flags the command line sets) and PyTorch's (benchmarks/torch_alexnet.py: eager,
-channels_last, torch.compile). Each compiles and warms up, then the workers take turns: every
+XLA flags and malloc settings the command line sets) and PyTorch's (benchmarks/torch_alexnet.py:
+eager, channels_last, torch.compile). Each compiles and warms up, then the workers take turns: every
 round each runs `--steps` timed steps while the others wait, the order rotating from round to
 round. Load from other programs on a shared machine then hits every contestant alike; the ratio
 is taken within each round (ours / theirs in images/s) and the median over rounds is reported.
@@ -53,8 +53,9 @@ def serve(run_steps, ready: dict) -> None:
 
 def serve_ours(args) -> None:
   sys.path.insert(0, ROOT)
-  from alexnet_jax import xla_flags
-  xla_flags.apply_defaults()  # as launch.py does, before JAX starts
+  from alexnet_jax import host_memory, xla_flags
+  host_memory.keep_freed_memory()  # as launch.py does, before JAX starts
+  xla_flags.apply_defaults()
   from alexnet_jax import bench, cli
 
   cfg = cli.load_config(args.config, [f"batch_size={args.batch}", f"model.dtype={args.dtype}"]
