@@ -41,6 +41,11 @@ CACHE_DIR = "ALEXNET_JAX_CACHE_DIR"
 MIN_JAXLIB_FOR_CPU_FLAGS = (0, 10)
 
 
+def switched_off(environ, name: str) -> bool:
+  """Whether environment variable `name` turns one of our start-up settings off (0/false/no/off)."""
+  return environ.get(name, "1").lower() in ("0", "false", "no", "off")
+
+
 def flag_name(flag: str) -> str:
   return flag.split("=", 1)[0].lstrip("-")
 
@@ -93,7 +98,7 @@ def apply_defaults(environ=None) -> list[str]:
   $ALEXNET_JAX_CACHE_DIR when that is set (and JAX_COMPILATION_CACHE_DIR is not).
   """
   environ = os.environ if environ is None else environ
-  if environ.get(OFF_SWITCH, "1").lower() in ("0", "false", "no", "off"):
+  if switched_off(environ, OFF_SWITCH):
     return []
   gpu = has_cuda_plugin()
   wanted = list(default_flags(gpu=gpu))

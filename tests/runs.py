@@ -28,6 +28,8 @@ def config_with(**overrides):
   cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
   configlib.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
   return cfg
+
+
 TOTAL_STEPS = 24
 OVERRIDES = (
     "--config.num_epochs=0.55",  # 44 steps per epoch: round(0.55 * 44) = 24 steps

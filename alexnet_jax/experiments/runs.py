@@ -17,6 +17,7 @@ from alexnet_jax import configlib
 
 log = logging.getLogger("alexnet_jax.experiments")
 
+
 class ExperimentError(configlib.ConfigError):
   """A work directory or argument an experiment cannot use; printed as one line by the CLI."""
 
