@@ -2,13 +2,17 @@
 
     python launch.py bench --config configs/owt.py --batch 256 --dtype bfloat16 --steps 50
 
-Builds exactly what `train` builds (the config's strategy and mesh, parameters created
-shapes-first with their shardings, `train.make_train_step` jitted with the state donated) and
-feeds it one synthetic batch (random uint8 images and labels) that stays on the devices, so the
+Times the program `train` runs, built by the same function (alexnet_jax.program.build: the
+config's strategy and mesh, its tower map and activation constraints, parameters created
+shapes-first with their shardings, the train step jitted with the state donated), and feeds it
+one synthetic global batch (random uint8 images and labels) that stays on the devices, so the
 figures are the step alone: no input pipeline (benchmarked on its own, benchmarks/input_pipeline.py)
 and no host-to-device copies. Prints the compile time, the step time (median and spread over
 `--steps` steps after `--warmup` steps), images/s, and the model FLOP utilisation (MFU): FLOPs per
 image counted from the layer table (alexnet_jax/flops.py) over the device's peak.
+
+Under several processes (`--coordinator_address ...`, or a cluster launcher) each process holds
+the rows of the batch its devices hold, and the figures are for the global batch.
 
 Never imports TensorFlow: runs on machines that have none.
 """
@@ -98,6 +102,7 @@ def device_peak(device, dtype: str) -> Peak:
 @dataclasses.dataclass
 class Setup:
   cfg: Any
+  program: Any  # alexnet_jax.program.Program
   step: Callable  # compiled (state, batch) -> (state, metrics)
   state: Any
   batch: dict
@@ -106,52 +111,25 @@ class Setup:
   mesh_shape: dict
 
 
-def synthetic_batch(cfg, local_batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """One per-process batch shaped like the input pipeline's (uint8 images, labels, mask, lighting)."""
-  rng = np.random.default_rng(seed)
-  size = cfg.data.crop_size
-  return {
-      "image": rng.integers(0, 256, (local_batch, size, size, 3), dtype=np.uint8),
-      "label": rng.integers(0, cfg.model.num_classes, (local_batch,), dtype=np.int32),
-      "mask": np.ones((local_batch,), bool),
-      "rgb_shift": rng.normal(0, 0.01, (local_batch, 3)).astype(np.float32),
-  }
+def build(cfg, devices=None, compiler_options: dict | None = None) -> Setup:
+  """The train step of `cfg` as `train` runs it (alexnet_jax.program.build), compiled, with its
+  state and one synthetic global batch, each process holding the rows its devices hold.
 
-
-def build(cfg, devices=None) -> Setup:
-  """The train step of `cfg` as `train.train_and_evaluate` builds it, compiled, with its state.
-
-  `devices`: the devices its mesh spans (default: all of them).
+  `devices`: the devices its mesh spans (default: all of them, in every process).
   """
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from alexnet_jax import program as program_lib
+  from alexnet_jax.data import synthetic
 
-  from alexnet_jax import configlib, optim, train
-  from alexnet_jax import sharding as shard_lib
-
-  devices = jax.devices() if devices is None else list(devices)
-  strategy = shard_lib.get_strategy(cfg.sharding.strategy)
-  mesh = shard_lib.make_mesh(strategy, shard_lib.parse_mesh_shape(cfg.sharding.mesh, strategy,
-                                                                  len(devices)), devices)
-  configlib.validate(cfg, data_axis=shard_lib.data_axis_size(mesh, strategy))
-  fns = train.model_fns(cfg)
-  tx = optim.make_optimizer(cfg.optim)
-  steps_per_epoch = 1000  # the schedule's shape does not change the step's cost
-  schedule = optim.make_schedule(cfg.optim, steps_per_epoch, 90 * steps_per_epoch)
-  init = train.init_state_fn(fns, tx, cfg.seed)
-  shardings = train.state_shardings(jax.eval_shape(init), mesh, strategy)
-  state = jax.jit(init, out_shardings=shardings)()
-  batch_sharding = shard_lib.batch_sharding(mesh, strategy)
-  local = cfg.batch_size // jax.process_count()
-  batch = shard_lib.put_batch(synthetic_batch(cfg, local, seed=jax.process_index()),
-                              batch_sharding)
-  step = jax.jit(train.make_train_step(cfg, fns, tx, schedule, strategy.tower_map(mesh)),
-                 out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+  program = program_lib.build(cfg, devices, compiler_options=compiler_options)
+  state = program.create_state()
+  feed = program.train_feed
+  batch = feed.put(synthetic.block(synthetic.synthetic_batch(cfg, cfg.batch_size),
+                                   feed.rows.index, feed.rows.count))
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = program.train_step.lower(state, batch).compile()
   compile_seconds = time.perf_counter() - start
-  return Setup(cfg, compiled, state, batch, compile_seconds, list(mesh.devices.flat),
-               dict(mesh.shape))
+  return Setup(cfg, program, compiled, state, batch, compile_seconds,
+               list(program.mesh.devices.flat), dict(program.mesh.shape))
 
 
 def run_steps(setup: Setup, count: int) -> list[float]:
@@ -296,6 +274,9 @@ def run(cfg, args, config_name: str) -> int:
     print(flops_lib.format_table(flops_lib.layer_table(cfg.model, cfg.data.crop_size)))
   result = benchmark(cfg, steps=args.steps, warmup=args.warmup, config_name=config_name,
                      peak_tflops=args.peak_tflops)
+  import jax
+  if jax.process_index() != 0:  # every process timed the same global step: one report
+    return 0
   print(result.report())
   if args.json:
     with open(args.json, "w") as f:

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 log = logging.getLogger("alexnet_jax.checkpoint")
@@ -78,6 +79,11 @@ class Checkpointer:
     # Orbax reads every step's small JSON files when it opens the directory and fails on a
     # damaged one; such steps are set aside first (and named when a step is restored).
     self._damaged = self._unreadable_steps()
+    if jax.process_count() > 1:  # every process sets aside the same steps
+      seen = agreed_steps([step for step, _ in self._damaged])
+      reasons = dict(self._damaged)
+      self._damaged = [(step, reasons.get(step, "damaged as another process sees it"))
+                       for step in seen]
     if self._damaged:
       if read_only:
         raise CheckpointError(
@@ -85,6 +91,7 @@ class Checkpointer:
             "resume training once (it moves damaged checkpoints aside) or remove it")
       self._move_aside([step for step, _ in self._damaged], reload=False)
     state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers())
+    self._state_handler = state_handler
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -154,6 +161,10 @@ class Checkpointer:
     With `step=None`, the latest checkpoint; if it is damaged, it is moved to
     `<directory>/damaged/` with a warning naming both steps, and the one before is tried.
     None if there are no checkpoints; CheckpointError if none of them restores.
+
+    With several processes each candidate counts as restored only if it restored in every
+    process (a shard can be unreadable for one process alone), so all of them continue from
+    the same step, or all stop with the same error.
     """
     if step is not None:
       try:
@@ -163,10 +174,13 @@ class Checkpointer:
                               f"{_one_line(e)}") from e
     damaged = list(self._damaged)
     for candidate in reversed(self.all_steps()):
+      error = None
       try:
         restored = self._restore(abstract_state, candidate)
       except Exception as e:  # tensorstore, JSON, missing files: all mean "damaged"
-        damaged.append((candidate, _one_line(e)))
+        error = _one_line(e)
+      if any_process(error is not None):
+        damaged.append((candidate, error or "damaged as another process sees it"))
         continue
       if damaged:
         # Moved aside so that this run's own save of that step later is not refused.
@@ -189,19 +203,21 @@ class Checkpointer:
     return None
 
   def _restore(self, abstract_state: Any, step: int) -> Restored:
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(abstract_state, restore_args=(
-                ocp.checkpoint_utils.construct_restore_args(abstract_state))),
-            meta=ocp.args.JsonRestore()))
-    meta = restored["meta"]
+    # Through the item handlers, not the manager: the manager's restore ends at a barrier of all
+    # processes, which a process whose read failed would never reach (the others would wait
+    # there for ever instead of agreeing that the step is damaged).
+    directory = epath.Path(self._step_dir(step))
+    state = self._state_handler.restore(
+        directory / "state", args=ocp.args.PyTreeRestore(abstract_state, restore_args=(
+            ocp.checkpoint_utils.construct_restore_args(abstract_state))))
+    meta = ocp.JsonCheckpointHandler().restore(directory / "meta", args=ocp.args.JsonRestore())
     if not isinstance(meta, dict):
       raise CheckpointError(f"its meta item is {type(meta).__name__}, not a JSON object")
-    state_step = int(jax.device_get(getattr(restored["state"], "step", step)))
+    state_step = int(jax.device_get(getattr(state, "step", step)))
     if state_step != step:
       raise CheckpointError(f"its state says step {state_step}")
     log.info("restored checkpoint %s", self._step_dir(step))
-    return Restored(step, restored["state"], dict(meta))
+    return Restored(step, state, dict(meta))
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -212,6 +228,9 @@ class Checkpointer:
       os.makedirs(target, exist_ok=True)
       for step in steps:
         shutil.move(self._step_dir(step), os.path.join(target, f"{step}-{int(time.time())}"))
+    if jax.process_count() > 1:  # nobody lists the directory before process 0 has moved them
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("alexnet_jax: damaged checkpoints moved aside")
     if reload:
       self.manager.reload()
 
@@ -354,6 +373,19 @@ class StopSignals:
   @property
   def name(self) -> str:
     return signal.Signals(self.signum).name if self.signum else ""
+
+
+def agreed_steps(steps: list[int]) -> list[int]:
+  """The union of every process's `steps`, newest first, the same on every process (a
+  collective: call it on all of them)."""
+  if jax.process_count() == 1:
+    return sorted(set(steps), reverse=True)
+  from jax.experimental import multihost_utils
+  longest = int(np.max(multihost_utils.process_allgather(np.asarray(len(steps)))))
+  padded = np.full(max(longest, 1), -1, np.int64)
+  padded[:len(steps)] = steps
+  every = np.asarray(multihost_utils.process_allgather(padded)).reshape(-1)
+  return sorted({int(s) for s in every if s >= 0}, reverse=True)
 
 
 def any_process(flag: bool) -> bool:

@@ -121,18 +121,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-  from alexnet_jax import distributed
-
   add_config_args(p)
   p.add_argument("--workdir", default="",
                  help="where this run lives; the same directory again resumes "
                       "(default: workdirs/<config name>)")
-  distributed.add_arguments(p)
+  _add_distributed_args(p)
 
 
 def cmd_compare(args, overrides: list[str]) -> int:
-  from alexnet_jax import compare
+  from alexnet_jax import compare, distributed
 
+  distributed.initialize(args)  # before any other JAX call
   return compare.cmd_compare(args, overrides)
 
 
@@ -147,11 +146,13 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
   p.add_argument("--workdir", default="workdirs/compare",
                  help="where compare.md, compare.csv and compare.png are written")
+  _add_distributed_args(p)
 
 
 def cmd_bench(args, overrides: list[str]) -> int:
-  from alexnet_jax import bench
+  from alexnet_jax import bench, distributed
 
+  distributed.initialize(args)  # before any other JAX call
   cfg = load_config(args.config, overrides)
   return bench.run(cfg, args, bench.config_label(args.config))
 
@@ -161,6 +162,13 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
   add_config_args(p)
   bench.add_arguments(p)
+  _add_distributed_args(p)
+
+
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+  from alexnet_jax import distributed
+
+  distributed.add_arguments(p)
 
 
 def cmd_prepare(args, overrides: list[str]) -> int:

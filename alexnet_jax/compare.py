@@ -1,8 +1,9 @@
 """`launch.py compare`: the sharding strategies side by side on the devices present.
 
-For each strategy this compiles the real train step (train.make_train_step with the strategy's
-shardings, tower map and activation constraints, state donated, as `train` runs it) on a
-synthetic batch of the config's shape, then measures and reads off:
+For each strategy this compiles the program `train` runs (alexnet_jax.program.build: the
+strategy's shardings, tower map and activation constraints, state donated) on a synthetic global
+batch of the config's shape, each process holding the rows its devices hold, then measures and
+reads off:
 
   - step time (median, 10th and 90th percentile over --steps after --warmup) and images/s;
   - per-device bytes of the parameters and of the optimizer state (from their shardings), and
@@ -30,14 +31,15 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import configlib
 from alexnet_jax import hlo
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax import program as program_lib
 from alexnet_jax import sharding as shard_lib
-from alexnet_jax import train
+from alexnet_jax.data import synthetic
 
 log = logging.getLogger("alexnet_jax.compare")
 
@@ -49,14 +51,27 @@ log = logging.getLogger("alexnet_jax.compare")
 class Built:
   """One strategy's compiled train step and everything needed to run and describe it."""
   cfg: object
-  strategy: shard_lib.Strategy
-  mesh: jax.sharding.Mesh
+  program: program_lib.Program
   compiled: object  # jax.stages.Compiled
-  state: train.TrainState
+  state: program_lib.TrainState
   batch: dict
-  shapes: train.TrainState  # ShapeDtypeStructs of the state
-  shardings: train.TrainState
   compile_s: float
+
+  @property
+  def strategy(self) -> shard_lib.Strategy:
+    return self.program.strategy
+
+  @property
+  def mesh(self) -> jax.sharding.Mesh:
+    return self.program.mesh
+
+  @property
+  def shapes(self) -> program_lib.TrainState:  # ShapeDtypeStructs of the state
+    return self.program.state_shapes
+
+  @property
+  def shardings(self) -> program_lib.TrainState:
+    return self.program.state_shardings
 
 
 def strategy_config(cfg, strategy: str, mesh: str):
@@ -69,44 +84,26 @@ def strategy_config(cfg, strategy: str, mesh: str):
 
 def synthetic_batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
   """A global batch shaped like the input pipeline's (uint8 images, labels, mask, lighting)."""
-  rng = np.random.default_rng(seed)
-  n, size = cfg.batch_size, cfg.data.crop_size
-  return {
-      "image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-      "label": rng.integers(0, cfg.model.num_classes, (n,), dtype=np.int32),
-      "mask": np.ones((n,), bool),
-      "rgb_shift": (0.01 * rng.normal(size=(n, 3))).astype(np.float32),
-  }
+  return synthetic.synthetic_batch(cfg, cfg.batch_size, seed)
 
 
 def build(cfg, devices: Sequence[jax.Device] | None = None,
           compiler_options: dict | None = None, initial_state=None) -> Built:
-  """Shapes first, shardings, jit(init), then lower and compile the donated train step.
+  """The program `train` runs for `cfg` (alexnet_jax.program.build), its state, and its train
+  step lowered and compiled on a synthetic batch.
 
   `initial_state` (a host copy of a TrainState) is placed instead of initialising, so that
-  several strategies can start from the very same numbers. Raises ConfigError (from
-  shard_lib.setup) for a config the strategy cannot run.
+  several strategies can start from the very same numbers. Raises ConfigError for a config the
+  strategy cannot run.
   """
-  strategy, mesh = shard_lib.setup(cfg, devices)
-  fns = train.model_fns(cfg)
-  tx = optim.make_optimizer(cfg.optim)
-  schedule = optim.make_schedule(cfg.optim, steps_per_epoch=1000, total_steps=100_000)
-  init = train.init_state_fn(fns, tx, cfg.seed)
-  shapes = jax.eval_shape(init)
-  shardings = train.state_shardings(shapes, mesh, strategy)
-  if initial_state is None:
-    state = jax.jit(init, out_shardings=shardings, compiler_options=compiler_options)()
-  else:
-    state = jax.device_put(initial_state, shardings)
-  step = jax.jit(
-      train.make_train_step(cfg, fns, tx, schedule, strategy.tower_map(mesh),
-                            strategy.constrain(mesh)),
-      out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
-  batch = shard_lib.put_batch(synthetic_batch(cfg), shard_lib.batch_sharding(mesh, strategy))
+  program = program_lib.build(cfg, devices, compiler_options=compiler_options)
+  state = program.create_state() if initial_state is None else program.place_state(initial_state)
+  feed = program.train_feed
+  batch = feed.put(synthetic.block(synthetic_batch(cfg), feed.rows.index, feed.rows.count))
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile(compiler_options)
+  compiled = program.train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  return Built(cfg, strategy, mesh, compiled, state, batch, shapes, shardings, compile_s)
+  return Built(cfg, program, compiled, state, batch, compile_s)
 
 
 # --- what the compiled program says -----------------------------------------------------------
@@ -136,16 +133,17 @@ def peak_bytes(compiled) -> int | None:
 
 def activation_shapes(cfg, built: Built) -> dict[str, jax.ShapeDtypeStruct]:
   """The merged activations at every constraint point of the model, for the global batch."""
-  fns = train.model_fns(cfg)
   seen: dict[str, jax.ShapeDtypeStruct] = {}
 
   def record(point, x):
     seen.setdefault(point, jax.ShapeDtypeStruct(x.shape, x.dtype))
     return x
 
+  fns = program_lib.model_fns(cfg, constrain=record)
+
   images = jax.ShapeDtypeStruct((cfg.batch_size, cfg.data.crop_size, cfg.data.crop_size, 3),
                                 model_lib.DTYPES[cfg.model.dtype])
-  jax.eval_shape(lambda p, s, x: fns.apply(p, s, x, train=False, constrain=record)[0],
+  jax.eval_shape(lambda p, s, x: fns.apply(p, s, x, train=False)[0],
                  built.shapes.params, built.shapes.model_state, images)
   return seen
 
@@ -449,9 +447,12 @@ def run_compare(cfg, strategies: Sequence[str], meshes: dict[str, str], workdir:
              result.step_ms_median, result.compile_s, human(result.measured_bytes))
     results.append(result)
     del built
+  if jax.process_index() != 0:  # one writer; every process measured the same global program
+    return results
   os.makedirs(workdir, exist_ok=True)
+  processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
   title = title or (f"model {cfg.model.name}, batch {cfg.batch_size}, {cfg.data.crop_size} px, "
-                    f"{len(devices or jax.devices())} x {jax.devices()[0].device_kind}")
+                    f"{len(devices or jax.devices())} x {jax.devices()[0].device_kind}{processes}")
   with open(os.path.join(workdir, "compare.md"), "w") as f:
     f.write(markdown(results, title))
   write_csv(results, os.path.join(workdir, "compare.csv"))
@@ -470,6 +471,8 @@ def cmd_compare(args, overrides: list[str]) -> int:
     raise configlib.ConfigError("--steps must be >= 1 and --warmup >= 0")
   results = run_compare(cfg, strategies, parse_meshes(args.mesh, strategies), args.workdir,
                         warmup=args.warmup, steps=args.steps)
+  if jax.process_index() != 0:
+    return 0
   with open(os.path.join(args.workdir, "compare.md")) as f:
     print(f.read())
   print(f"wrote compare.md, compare.csv, compare.png to {args.workdir} "

@@ -9,8 +9,9 @@ How the processes find each other, in this order:
   3. otherwise one process: nothing to initialise.
 
 After initialisation every process sees all devices of all processes (`jax.devices()`), and its
-own (`jax.local_devices()`); the training loop reads 1/N of each batch per process
-(`jax.make_array_from_process_local_data`), and only process 0 writes metrics and logs.
+own (`jax.local_devices()`); each process loads the rows of every batch that its devices hold
+under the strategy's batch sharding (sharding.process_rows: 1/N of it for data parallelism, the
+same rows as its tower partner for two_tower), and only process 0 writes metrics and logs.
 """
 
 from __future__ import annotations

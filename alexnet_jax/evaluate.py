@@ -6,10 +6,11 @@ averaged in probability (the softmax outputs), and an ensemble averages its memb
 probabilities ("averaging the predictions of five similar CNNs"). One pass over the data feeds
 every member, so each member's own error and the ensemble's come from the same batches.
 
-Every example of the split is counted exactly once whatever the batch size and process count:
+Every example of the split is counted exactly once whatever the batch size and process layout:
 the input pipeline pads the last batches, and padding carries mask False, which weights it 0.
-With several processes each process feeds its slice of every global batch and the sums come
-out of one jitted step over the global arrays, so they are already totals.
+With several processes each process loads the rows of every global batch that its devices hold
+(sharding.process_rows) and the sums come out of one jitted step over the global arrays, so
+they are already totals.
 """
 
 from __future__ import annotations
@@ -23,58 +24,28 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import export as export_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import preprocess
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import program as program_lib
 from alexnet_jax import sharding as shard_lib
 
 PREPROCESSING = ("crop_size", "resize_size", "mean", "std")
 
 
-def metric_sums(probs, labels, weights) -> dict[str, jax.Array]:
-  """Sums over the batch's real examples (weights 1, padding 0) of the per-example errors."""
-  from alexnet_jax.train import label_rank
-
-  true_prob = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
-  rank = label_rank(probs, labels)
-  return {"loss": (-jnp.log(jnp.maximum(true_prob, 1e-12)) * weights).sum(),
-          "top1_err": ((rank >= 1) * weights).sum(),
-          "top5_err": ((rank >= 5) * weights).sum()}
-
-
-def make_probs_fn(model: export_lib.LoadedModel):
-  """(params, model_state, uint8 images (B, H, W, 3) or views (B, V, H, W, 3)) -> probabilities
-  (B, classes), averaged over the views."""
-  from alexnet_jax.train import model_fns
-
-  cfg = model.cfg
-  fns = model_fns(cfg)
-  mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
-  dtype = model_lib.DTYPES[cfg.model.dtype]
-
-  def probs_fn(params, model_state, images):
-    x = preprocess.normalize(images, None, mean, std, dtype)
-    lead = x.shape[:-3]
-    logits, _ = fns.apply(params, model_state, x.reshape((-1,) + x.shape[-3:]), train=False)
-    probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
-    return probs.mean(axis=1) if probs.ndim == 3 else probs
-
-  return probs_fn
-
-
 def make_ensemble_step(models: Sequence[export_lib.LoadedModel]):
   """(params of each, model_state of each, batch) -> {"count", "<i>/<metric>", "ensemble/..."}."""
-  probs_fns = [make_probs_fn(m) for m in models]
+  members = [(m.cfg, program_lib.model_fns(m.cfg)) for m in models]
 
   def step(params, model_states, batch):
     weights = batch["mask"].astype(jnp.float32)
     sums = {"count": weights.sum()}
     total = 0.0
-    for i, (fn, p, s) in enumerate(zip(probs_fns, params, model_states)):
-      probs = fn(p, s, batch["image"])
+    for i, ((cfg, fns), p, s) in enumerate(zip(members, params, model_states)):
+      probs = fns.probabilities(cfg, p, s, batch["image"])
       total = total + probs
-      sums.update({f"{i}/{k}": v for k, v in metric_sums(probs, batch["label"], weights).items()})
-    if len(probs_fns) > 1:
-      ensemble = metric_sums(total / len(probs_fns), batch["label"], weights)
+      sums.update({f"{i}/{k}": v for k, v in
+                   metrics_lib.probability_sums(probs, batch["label"], weights).items()})
+    if len(members) > 1:
+      ensemble = metrics_lib.probability_sums(total / len(members), batch["label"], weights)
       sums.update({f"ensemble/{k}": v for k, v in ensemble.items()})
     return sums
 
@@ -111,48 +82,55 @@ def _listify(value):
 
 class Evaluator:
   """Models placed on the devices (replicated) with their jitted ensemble step, for one or more
-  passes over evaluation data."""
+  passes over evaluation data. The batch is split over every device of every process; each
+  process loads the rows its devices hold."""
 
   def __init__(self, models: Sequence[export_lib.LoadedModel], devices=None):
     self.models = list(models)
     devices = list(devices or jax.devices())
-    strategy = shard_lib.get_strategy("data")
-    mesh = shard_lib.make_mesh(strategy, (len(devices), 1), devices)
-    replicated = NamedSharding(mesh, P())
+    self.strategy = shard_lib.get_strategy("data")
+    self.mesh = shard_lib.make_mesh(self.strategy, (len(devices), 1), devices)
+    replicated = NamedSharding(self.mesh, P())
     self.num_devices = len(devices)
-    self.batch_sharding = shard_lib.batch_sharding(mesh, strategy)
     self.params = jax.device_put([m.params for m in self.models], replicated)
     self.model_states = jax.device_put([m.model_state for m in self.models], replicated)
     self.step = jax.jit(make_ensemble_step(self.models), out_shardings=replicated)
 
+  def feed(self, batch_size: int) -> shard_lib.BatchFeed:
+    if batch_size < 1 or batch_size % self.num_devices:
+      raise export_lib.ExportError(
+          f"batch size {batch_size} does not split evenly over the {self.num_devices} devices; "
+          f"pass --batch-size as a multiple of {self.num_devices}")
+    return shard_lib.batch_feed(self.mesh, self.strategy, batch_size)
+
   def run(self, cfg, *, views: str = "center", split: str | None = None,
-          batch_size: int | None = None, process_index: int | None = None,
-          process_count: int | None = None) -> dict:
+          batch_size: int | None = None) -> dict:
     """One pass over `split` of `cfg`'s dataset, with the models' own preprocessing."""
     from alexnet_jax import data
 
     split = split or cfg.data.eval_split
-    batch_size = batch_size or cfg.eval_batch_size
-    local = batch_size // (process_count or jax.process_count())
-    if batch_size % (process_count or jax.process_count()) or local % self.num_devices:
-      raise export_lib.ExportError(
-          f"batch size {batch_size} does not split evenly over the processes and their "
-          f"{self.num_devices} devices; pass --batch-size as a multiple of {self.num_devices}")
+    feed = self.feed(batch_size or cfg.eval_batch_size)
+    cfg = self.preprocessing(cfg)
+    batches = data.eval_iterator(cfg, split, views=views, batch_size=feed.global_batch,
+                                 shard_index=feed.rows.index, shard_count=feed.rows.count)
+    return self.results(cfg, split, views, map(feed.put, batches))
+
+  def preprocessing(self, cfg):
+    """`cfg` (the dataset) with the models' own crop, resize, mean and std."""
     cfg = cfg.copy_and_resolve_references()
     for field in PREPROCESSING:
       cfg.data[field] = self.models[0].cfg.data[field]
-    totals: dict[str, float] = {}
-    batches = data.eval_iterator(cfg, split, views=views, batch_size=batch_size,
-                                 process_index=process_index, process_count=process_count)
-    for batch in batches:
-      sums = jax.device_get(self.step(self.params, self.model_states,
-                                      shard_lib.put_batch(batch, self.batch_sharding)))
-      for k, v in sums.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    count = totals.pop("count", 0.0)
+    return cfg
+
+  def results(self, cfg, split: str, views: str, global_batches) -> dict:
+    """The per-model and ensemble errors over `global_batches` (placed on the devices)."""
+    totals = metrics_lib.totals(
+        jax.device_get(self.step(self.params, self.model_states, batch))
+        for batch in global_batches)
+    count = totals.pop("count")
 
     def result(prefix: str) -> dict:
-      return {k: totals[f"{prefix}/{k}"] / max(count, 1.0) for k in ("top1_err", "top5_err", "loss")}
+      return {k: totals[f"{prefix}/{k}"] for k in ("top1_err", "top5_err", "loss")}
 
     return {
         "dataset": cfg.data.name, "split": split, "views": views, "examples": int(count),

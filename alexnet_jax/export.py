@@ -88,9 +88,9 @@ def model_config(model: dict, *, input_size: int, resize_size: int, mean, std):
 
 def expected_tensors(cfg) -> dict[str, jax.ShapeDtypeStruct]:
   """The tensors a model of `cfg` has, by file name, in the model's order."""
-  from alexnet_jax import train  # heavy (flax, optax, orbax): only when needed
+  from alexnet_jax import program  # heavy (flax, optax): only when needed
 
-  params, state = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))
+  params, state = jax.eval_shape(program.model_fns(cfg).init, jax.random.key(0))
   return {**flatten(params, "params"), **flatten(state, "model_state")}
 
 
@@ -143,7 +143,7 @@ def describe(cfg) -> str:
 
 def from_workdir(workdir: str, checkpoint: str = "latest") -> LoadedModel:
   """The parameters of a work directory's checkpoint: "latest", "best" or a step number."""
-  from alexnet_jax import optim, train
+  from alexnet_jax import optim, program
 
   config_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_path):
@@ -174,8 +174,8 @@ def from_workdir(workdir: str, checkpoint: str = "latest") -> LoadedModel:
     if step not in steps:
       raise ExportError(f"{workdir} has no checkpoint at step {step}; it has steps {steps}")
 
-  fns = train.model_fns(cfg)
-  shapes = jax.eval_shape(train.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
+  fns = program.model_fns(cfg)
+  shapes = jax.eval_shape(program.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
   try:

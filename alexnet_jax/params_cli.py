@@ -52,9 +52,15 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--split", default="", help="default: the config's data.eval_split")
   p.add_argument("--batch-size", type=int, default=0, help="default: config.eval_batch_size")
   p.add_argument("--out", default="", help="also write the results to this JSON file")
+  from alexnet_jax import distributed
+  distributed.add_arguments(p)
 
 
 def cmd_evaluate(args, overrides: list[str]) -> int:
+  from alexnet_jax import distributed
+
+  distributed.initialize(args)  # before any other JAX call
+
   import jax
 
   from alexnet_jax import evaluate

@@ -48,7 +48,7 @@ def load_image(path: str, resize_size: int, crop_size: int) -> np.ndarray:
 def predict(model: export_lib.LoadedModel, paths: Sequence[str], *, top_k: int = 5
             ) -> list[Prediction]:
   """One Prediction per path, in order; unreadable files get `error` and no classes."""
-  from alexnet_jax.evaluate import make_probs_fn
+  from alexnet_jax import program
 
   model = model.float32()
   names = classnames.readable(model.class_names, model.num_classes)
@@ -61,8 +61,9 @@ def predict(model: export_lib.LoadedModel, paths: Sequence[str], *, top_k: int =
     except ValueError as e:
       results.append(Prediction(path, [], error=str(e)))
   if images:
-    probs = np.asarray(jax.jit(make_probs_fn(model))(model.params, model.model_state,
-                                                     np.stack(images)))
+    fns = program.model_fns(model.cfg)
+    probs_fn = jax.jit(lambda p, s, x: fns.probabilities(model.cfg, p, s, x))
+    probs = np.asarray(probs_fn(model.params, model.model_state, np.stack(images)))
     readable = iter(r for r in results if not r.error)
     for p in probs:
       best = np.argsort(-p, kind="stable")[:top_k]

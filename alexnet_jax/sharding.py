@@ -226,8 +226,8 @@ def parse_mesh_shape(text: str, strategy: Strategy, num_devices: int) -> tuple[i
 def make_mesh(strategy: Strategy, shape: Sequence[int],
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = jax.devices() if devices is None else list(devices)
-  # Devices in process order, data axis outermost: each process's devices hold whole rows of the
-  # batch, so a process feeds only its own part of it.
+  # Devices in process order, data axis outermost: each process's devices hold one contiguous
+  # block of the batch's rows (process_rows), so a process loads only that block.
   grid = np.asarray(devices).reshape(tuple(shape))
   # Auto axes: GSPMD propagates shardings through ops we do not annotate.
   return Mesh(grid, strategy.axes, axis_types=(AxisType.Auto,) * len(strategy.axes))
@@ -279,22 +279,74 @@ def batch_sharding(mesh: Mesh, strategy: Strategy) -> NamedSharding:
   return NamedSharding(mesh, strategy.batch_spec)
 
 
-def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Per-process numpy batch -> global jax.Arrays, each process contributing its rows."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """The rows of every global batch that one process loads: block `index` of `count` equal,
+  contiguous blocks. Processes whose devices hold the same rows (one data group, e.g. the two
+  tower devices of two_tower in two processes) load the same block."""
+  index: int
+  count: int
 
 
-def prefetch_to_device(batches: Iterator[dict[str, np.ndarray]], size: int,
-                       sharding: NamedSharding) -> Iterator[dict[str, jax.Array]]:
-  """Keep `size` batches in flight to the devices (transfers are asynchronous), so the copy of
-  the next batch overlaps the current step."""
-  queue: collections.deque = collections.deque()
-  for batch in batches:
-    queue.append(put_batch(batch, sharding))
-    if len(queue) > size:
+def process_rows(sharding: NamedSharding, global_batch: int) -> Rows:
+  """The block of rows this process's devices hold under `sharding` (the union of their
+  slices of the batch dimension), which is exactly what it must load."""
+  spans = sorted({(index[0].start or 0, global_batch if index[0].stop is None else index[0].stop)
+                  for index in sharding.addressable_devices_indices_map((global_batch,)).values()})
+  contiguous = all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+  lo, hi = spans[0][0], spans[-1][1]
+  size = hi - lo
+  if not contiguous or global_batch % size or lo % size:
+    raise configlib.ConfigError(
+        f"the mesh gives process {jax.process_index()} rows {spans} of a batch of "
+        f"{global_batch}, not one aligned block; order the mesh's devices by process "
+        "(config.sharding.mesh with the data axis outermost)")
+  return Rows(lo // size, global_batch // size)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchFeed:
+  """Per-process numpy batches -> global jax.Arrays of `global_batch` rows under `sharding`.
+
+  The global shape is stated, so a process that loads other rows than its devices hold is an
+  error here, never a silently smaller or mixed batch.
+  """
+  sharding: NamedSharding
+  global_batch: int
+  rows: Rows
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.rows.count
+
+  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    out = {}
+    for name, value in batch.items():
+      if value.shape[0] != self.local_batch:
+        raise ValueError(
+            f"batch field {name!r} has {value.shape[0]} rows on process {jax.process_index()}, "
+            f"but its devices hold {self.local_batch} rows (block {self.rows.index} of "
+            f"{self.rows.count}) of the global batch of {self.global_batch}")
+      out[name] = jax.make_array_from_process_local_data(
+          self.sharding, value, (self.global_batch,) + value.shape[1:])
+    return out
+
+  def prefetch(self, batches: Iterator[dict[str, np.ndarray]],
+               size: int) -> Iterator[dict[str, jax.Array]]:
+    """Keep `size` batches in flight to the devices (transfers are asynchronous), so the copy
+    of the next batch overlaps the current step."""
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+      queue.append(self.put(batch))
+      if len(queue) > size:
+        yield queue.popleft()
+    while queue:
       yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+
+
+def batch_feed(mesh: Mesh, strategy: Strategy, global_batch: int) -> BatchFeed:
+  sharding = batch_sharding(mesh, strategy)
+  return BatchFeed(sharding, global_batch, process_rows(sharding, global_batch))
 
 
 # --- the paper's towers on devices ----------------------------------------------------------

@@ -86,7 +86,7 @@ def measure(cfg, batches: int, warmup: int = 2) -> dict:
   """Run the train pipeline; images/s and images per CPU-second over `batches` batches."""
   from alexnet_jax import data
 
-  iterator = data.train_iterator(cfg, process_index=0, process_count=1)
+  iterator = data.train_iterator(cfg, shard_index=0, shard_count=1)
   for _ in range(warmup):
     next(iterator)
   wall, cpu = time.perf_counter(), time.process_time()

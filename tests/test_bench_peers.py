@@ -7,7 +7,7 @@ import sys
 import jax
 import pytest
 
-from alexnet_jax import train
+from alexnet_jax import program
 from alexnet_jax.configlib import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ def test_torch_peer_has_torchvisions_layout_and_our_owt_shapes():
   assert sum(v.numel() for v in model.parameters()) == 61_100_840
   cfg = base_config()
   cfg.model.name, cfg.model.num_classes = "owt", 1000
-  ours = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))[0]
+  ours = jax.eval_shape(program.model_fns(cfg).init, jax.random.key(0))[0]
   names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
   keys = [k for k in shapes if k.endswith("weight")]
   for name, key in zip(names, keys):
@@ -82,7 +82,7 @@ def test_conv_layer_benchmark_times_owts_five_convolutions(tmp_path):
 
   cfg = base_config()
   cfg.model.name, cfg.model.num_classes = "owt", 1000
-  params = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))[0]
+  params = jax.eval_shape(program.model_fns(cfg).init, jax.random.key(0))[0]
   side = 224
   for name, in_side, cin, cout, k, stride, pad in conv_layers.OWT_CONVS:
     assert params[name]["kernel"].shape == (k, k, cin, cout), name

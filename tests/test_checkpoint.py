@@ -14,7 +14,7 @@ import pytest
 
 import runs
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import cli, optim, train
+from alexnet_jax import cli, optim, program
 from alexnet_jax import sharding as shard_lib
 from configs import test as test_config
 
@@ -24,8 +24,8 @@ DEVICE_COUNTS = [8, 2]
 
 
 def state_shapes(cfg):
-  fns = train.model_fns(cfg)
-  return jax.eval_shape(train.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
+  fns = program.model_fns(cfg)
+  return jax.eval_shape(program.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
 
 
 def target(shapes, strategy_name: str, num_devices: int):
@@ -33,7 +33,7 @@ def target(shapes, strategy_name: str, num_devices: int):
   strategy = shard_lib.get_strategy(strategy_name)
   devices = jax.devices()[:num_devices]
   mesh = shard_lib.make_mesh(strategy, strategy.default_mesh_shape(len(devices)), devices)
-  shardings = train.state_shardings(shapes, mesh, strategy)
+  shardings = shard_lib.tree_shardings(shapes, mesh, strategy)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       shapes, shardings)
 

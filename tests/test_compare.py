@@ -54,9 +54,9 @@ def layer_bytes():
   """Float32 bytes of each layer's parameters in configs/test.py's model."""
   import jax
 
-  from alexnet_jax import configlib, train
+  from alexnet_jax import configlib, program
   cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
-  shapes = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))[0]
+  shapes = jax.eval_shape(program.model_fns(cfg).init, jax.random.key(0))[0]
   return {layer: sum(4 * int(np.prod(x.shape)) for x in jax.tree.leaves(leaves))
           for layer, leaves in shapes.items()}
 

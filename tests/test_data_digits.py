@@ -56,7 +56,7 @@ def sklearn_digits():
 def pipeline_squares():
   """The pipeline's own resized squares of every train example, in index order (exact)."""
   cfg = make_cfg(crop_size=RESIZE)  # centre crop of the whole square = the square
-  batches = list(data.eval_iterator(cfg, "train", process_index=0, process_count=1))
+  batches = list(data.eval_iterator(cfg, "train", shard_index=0, shard_count=1))
   images = np.concatenate([b["image"][b["mask"]] for b in batches])
   assert len(images) == NUM_TRAIN
   return images
@@ -79,8 +79,8 @@ def test_dataset_info_and_steps():
 
 def test_eval_yields_every_held_out_digit_in_order(sklearn_digits):
   cfg = make_cfg(crop_size=RESIZE)
-  batches = list(data.eval_iterator(cfg, process_index=0, process_count=1))
-  assert len(batches) == data.num_eval_batches(cfg, data.dataset_info(cfg), process_count=1) == 6
+  batches = list(data.eval_iterator(cfg, shard_index=0, shard_count=1))
+  assert len(batches) == data.num_eval_batches(cfg, data.dataset_info(cfg), shard_count=1) == 6
   masks = np.concatenate([b["mask"] for b in batches])
   assert masks.sum() == NUM_HELD_OUT and masks[:NUM_HELD_OUT].all()  # padding only at the end
   images = np.concatenate([b["image"] for b in batches])
@@ -91,14 +91,14 @@ def test_eval_yields_every_held_out_digit_in_order(sklearn_digits):
   assert not images[NUM_HELD_OUT:].any() and not labels[NUM_HELD_OUT:].any()
   assert images.dtype == np.uint8 and labels.dtype == np.int32 and masks.dtype == bool
   # "test" names the same held-out part.
-  test_batches = list(data.eval_iterator(cfg, "test", process_index=0, process_count=1))
+  test_batches = list(data.eval_iterator(cfg, "test", shard_index=0, shard_count=1))
   assert_batches_equal(test_batches, batches)
 
 
 def test_train_batches_shapes_and_a_fresh_permutation_each_epoch(sklearn_digits, pipeline_squares):
   cfg = make_cfg(crop_size=RESIZE, **NO_AUGMENT)
   steps = NUM_TRAIN // BATCH
-  batches = take(data.train_iterator(cfg, process_index=0, process_count=1), 2 * steps)
+  batches = take(data.train_iterator(cfg, shard_index=0, shard_count=1), 2 * steps)
   first = batches[0]
   assert first["image"].shape == (BATCH, RESIZE, RESIZE, 3) and first["image"].dtype == np.uint8
   assert first["label"].shape == (BATCH,) and first["label"].dtype == np.int32
@@ -122,23 +122,23 @@ def test_train_batches_shapes_and_a_fresh_permutation_each_epoch(sklearn_digits,
 def test_same_seed_same_stream_and_resume_across_an_epoch_boundary():
   cfg = make_cfg()  # random crops, flips and PCA lighting
   steps = NUM_TRAIN // BATCH
-  full = take(data.train_iterator(cfg, process_index=0, process_count=1), steps + 4)
-  again = take(data.train_iterator(cfg, process_index=0, process_count=1), steps + 4)
+  full = take(data.train_iterator(cfg, shard_index=0, shard_count=1), steps + 4)
+  again = take(data.train_iterator(cfg, shard_index=0, shard_count=1), steps + 4)
   assert_batches_equal(full, again)
-  resumed = take(data.train_iterator(cfg, start_step=steps - 2, process_index=0,
-                                     process_count=1), 6)
+  resumed = take(data.train_iterator(cfg, start_step=steps - 2, shard_index=0,
+                                     shard_count=1), 6)
   assert_batches_equal(resumed, full[steps - 2:])
   cfg.seed = 8
-  other = take(data.train_iterator(cfg, process_index=0, process_count=1), 1)[0]
+  other = take(data.train_iterator(cfg, shard_index=0, shard_count=1), 1)[0]
   assert not np.array_equal(other["label"], full[0]["label"])
 
 
 def test_augmentation_is_a_window_of_the_square_and_changes_with_the_epoch(pipeline_squares):
   """Order does not depend on augmentation, so an un-augmented run names each example."""
   steps = NUM_TRAIN // BATCH
-  plain = take(data.train_iterator(make_cfg(crop_size=RESIZE, **NO_AUGMENT), process_index=0,
-                                   process_count=1), 2 * steps)
-  augmented = take(data.train_iterator(make_cfg(flip=True), process_index=0, process_count=1),
+  plain = take(data.train_iterator(make_cfg(crop_size=RESIZE, **NO_AUGMENT), shard_index=0,
+                                   shard_count=1), 2 * steps)
+  augmented = take(data.train_iterator(make_cfg(flip=True), shard_index=0, shard_count=1),
                    2 * steps)
   shifts, crops, flips = {}, {}, 0
   for step, (p, a) in enumerate(zip(plain, augmented)):
@@ -167,8 +167,8 @@ def test_augmentation_is_a_window_of_the_square_and_changes_with_the_epoch(pipel
 def test_two_processes_slice_the_one_process_global_batch(cache):
   cfg = make_cfg(cache=cache)
   steps = NUM_TRAIN // BATCH
-  whole = take(data.train_iterator(cfg, process_index=0, process_count=1), steps + 2)
-  halves = [take(data.train_iterator(cfg, process_index=p, process_count=2), steps + 2)
+  whole = take(data.train_iterator(cfg, shard_index=0, shard_count=1), steps + 2)
+  halves = [take(data.train_iterator(cfg, shard_index=p, shard_count=2), steps + 2)
             for p in range(2)]
   for step in range(steps + 2):
     for key in whole[step]:
@@ -178,20 +178,20 @@ def test_two_processes_slice_the_one_process_global_batch(cache):
 
 
 def test_cache_gives_the_same_batches():
-  assert_batches_equal(take(data.train_iterator(make_cfg(cache=True), process_index=0,
-                                                process_count=1), 3),
-                       take(data.train_iterator(make_cfg(cache=False), process_index=0,
-                                                process_count=1), 3))
+  assert_batches_equal(take(data.train_iterator(make_cfg(cache=True), shard_index=0,
+                                                shard_count=1), 3),
+                       take(data.train_iterator(make_cfg(cache=False), shard_index=0,
+                                                shard_count=1), 3))
 
 
 def test_eval_over_seven_processes_sees_every_example_once():
   """360 examples, global batch 49 (7 per process): divides neither."""
   cfg = make_cfg()
   info = data.dataset_info(cfg)
-  expected_batches = data.num_eval_batches(cfg, info, batch_size=49, process_count=7)
+  expected_batches = data.num_eval_batches(cfg, info, batch_size=49, shard_count=7)
   assert expected_batches == 8
-  single = list(data.eval_iterator(cfg, batch_size=49, process_index=0, process_count=1))
-  per_process = [list(data.eval_iterator(cfg, batch_size=49, process_index=p, process_count=7))
+  single = list(data.eval_iterator(cfg, batch_size=49, shard_index=0, shard_count=1))
+  per_process = [list(data.eval_iterator(cfg, batch_size=49, shard_index=p, shard_count=7))
                  for p in range(7)]
   assert [len(batches) for batches in per_process] == [expected_batches] * 7
   assert sum(b["mask"].sum() for batches in per_process for b in batches) == NUM_HELD_OUT
@@ -202,10 +202,10 @@ def test_eval_over_seven_processes_sees_every_example_once():
 
 
 def test_ten_crop_views_against_numpy():
-  square_batches = list(data.eval_iterator(make_cfg(crop_size=RESIZE), process_index=0,
-                                           process_count=1))
-  view_batches = list(data.eval_iterator(make_cfg(), views="10crop", process_index=0,
-                                         process_count=1))
+  square_batches = list(data.eval_iterator(make_cfg(crop_size=RESIZE), shard_index=0,
+                                           shard_count=1))
+  view_batches = list(data.eval_iterator(make_cfg(), views="10crop", shard_index=0,
+                                         shard_count=1))
   assert view_batches[0]["image"].shape == (BATCH, 10, CROP, CROP, 3)
   for squares, views in zip(square_batches, view_batches):
     np.testing.assert_array_equal(squares["label"], views["label"])
@@ -221,10 +221,10 @@ def test_errors_are_data_errors_raised_up_front():
   with pytest.raises(data.DataError, match="no split 'bogus'"):
     data.dataset_info(make_cfg(eval_split="bogus"))
   with pytest.raises(data.DataError, match="multiple of the process count"):
-    data.train_iterator(make_cfg(), process_index=0, process_count=3)  # 64 / 3
+    data.train_iterator(make_cfg(), shard_index=0, shard_count=3)  # 64 / 3
   with pytest.raises(data.DataError, match="views"):
-    data.eval_iterator(make_cfg(), views="5crop", process_index=0, process_count=1)
+    data.eval_iterator(make_cfg(), views="5crop", shard_index=0, shard_count=1)
   with pytest.raises(data.DataError, match="fewer than one batch"):
     cfg = make_cfg()
     cfg.batch_size = 2048
-    data.train_iterator(cfg, process_index=0, process_count=1)
+    data.train_iterator(cfg, shard_index=0, shard_count=1)

@@ -108,13 +108,13 @@ def test_folder_info_counts_and_names_skipped_and_converted_files(photo_folder, 
 def test_folder_iterators_run_through_bad_files(photo_folder):
   root, written = photo_folder
   cfg = make_cfg(root)
-  train = list(itertools.islice(data.train_iterator(cfg, process_index=0, process_count=1), 8))
+  train = list(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1), 8))
   assert [b["image"].shape for b in train] == [(4, CROP, CROP, 3)] * 8  # 2 epochs of 17 // 4
   first_epoch_labels = np.concatenate([b["label"] for b in train[:4]])
   counts = np.bincount(first_epoch_labels, minlength=3)
   assert (counts <= [6, 5, 6]).all() and counts.sum() == 16  # usable files per class: 6, 5, 6
 
-  batches = list(data.eval_iterator(cfg, process_index=0, process_count=1))
+  batches = list(data.eval_iterator(cfg, shard_index=0, shard_count=1))
   assert len(batches) == 2  # ceil(11 / 6)
   mask = np.concatenate([b["mask"] for b in batches])
   images = np.concatenate([b["image"] for b in batches])[mask]
@@ -128,8 +128,8 @@ def test_folder_iterators_run_through_bad_files(photo_folder):
 
 def test_folder_two_processes_slice_the_global_batch(photo_folder):
   cfg = make_cfg(photo_folder[0])
-  whole = list(itertools.islice(data.train_iterator(cfg, process_index=0, process_count=1), 6))
-  halves = [list(itertools.islice(data.train_iterator(cfg, process_index=p, process_count=2), 6))
+  whole = list(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1), 6))
+  halves = [list(itertools.islice(data.train_iterator(cfg, shard_index=p, shard_count=2), 6))
             for p in range(2)]
   for step in range(6):
     for key in whole[step]:
@@ -139,10 +139,10 @@ def test_folder_two_processes_slice_the_global_batch(photo_folder):
 
 def test_folder_eval_over_three_processes_sees_every_file_once(photo_folder):
   cfg = make_cfg(photo_folder[0])
-  single = list(data.eval_iterator(cfg, process_index=0, process_count=1))
-  parts = [list(data.eval_iterator(cfg, process_index=p, process_count=3)) for p in range(3)]
+  single = list(data.eval_iterator(cfg, shard_index=0, shard_count=1))
+  parts = [list(data.eval_iterator(cfg, shard_index=p, shard_count=3)) for p in range(3)]
   assert [len(p) for p in parts] == [2, 2, 2]
-  assert data.num_eval_batches(cfg, data.dataset_info(cfg), process_count=3) == 2
+  assert data.num_eval_batches(cfg, data.dataset_info(cfg), shard_count=3) == 2
   for g in range(2):
     for key in ("image", "label", "mask"):
       np.testing.assert_array_equal(np.concatenate([parts[p][g][key] for p in range(3)]),
@@ -181,12 +181,12 @@ def test_a_file_that_fails_only_when_decoded_becomes_a_black_image_in_place(tmp_
   cfg = make_cfg(root, random_crop=False, flip=False, pca_lighting=0.0)
   cfg.batch_size = 2
   caplog.set_level(logging.WARNING, logger="alexnet_jax.data")
-  whole = list(itertools.islice(data.train_iterator(cfg, process_index=0, process_count=1), 8))
+  whole = list(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1), 8))
   assert "bad_undecodable.JPEG although the header check passed" in caplog.text
-  halves = [list(itertools.islice(data.train_iterator(cfg, process_index=p, process_count=2), 8))
+  halves = [list(itertools.islice(data.train_iterator(cfg, shard_index=p, shard_count=2), 8))
             for p in range(2)]
-  resumed = list(itertools.islice(data.train_iterator(cfg, start_step=5, process_index=0,
-                                                      process_count=1), 3))
+  resumed = list(itertools.islice(data.train_iterator(cfg, start_step=5, shard_index=0,
+                                                      shard_count=1), 3))
   black = 0
   for step in range(8):  # 8 // 2 = 4 steps per epoch: two epochs
     for key in whole[step]:
@@ -197,7 +197,7 @@ def test_a_file_that_fails_only_when_decoded_becomes_a_black_image_in_place(tmp_
     black += sum(not image.any() for image in whole[step]["image"])
   assert black == 2  # 8 usable files, 4 batches of 2: the file is in both epochs
 
-  batches = list(data.eval_iterator(cfg, process_index=0, process_count=1))
+  batches = list(data.eval_iterator(cfg, shard_index=0, shard_count=1))
   mask = np.concatenate([b["mask"] for b in batches])
   images = np.concatenate([b["image"] for b in batches])[mask]
   files = sorted(rel for rel, _ in written["val"])  # eval reads files in path order
@@ -215,12 +215,12 @@ def test_tiny_imagenet_layout(tmp_path):
   info = data.dataset_info(cfg)
   assert info.num_classes == 3 and info.num_examples == {"train": 12, "validation": 7}
   assert info.class_names == ("thing number 0", "thing number 1", "thing number 2")
-  batches = list(data.eval_iterator(cfg, process_index=0, process_count=1))
+  batches = list(data.eval_iterator(cfg, shard_index=0, shard_count=1))
   mask = np.concatenate([b["mask"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])[mask]
   expected = [wnids.index(w) for _, w in sorted(written["val"])]
   np.testing.assert_array_equal(labels, expected)
-  train = next(data.train_iterator(cfg, process_index=0, process_count=1))
+  train = next(data.train_iterator(cfg, shard_index=0, shard_count=1))
   assert train["image"].shape == (4, 56, 56, 3)
 
 

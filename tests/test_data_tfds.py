@@ -85,21 +85,21 @@ def test_imagenet2012_train_stream(imagenet):
   cfg = imagenet["cfg"]
   steps = data.steps_per_epoch(cfg, imagenet["info"])
   assert steps == 3
-  batches = take(data.train_iterator(cfg, process_index=0, process_count=1), 2 * steps)
+  batches = take(data.train_iterator(cfg, shard_index=0, shard_count=1), 2 * steps)
   assert batches[0]["image"].shape == (4, CROP, CROP, 3) and batches[0]["image"].dtype == np.uint8
   assert batches[0]["rgb_shift"].shape == (4, 3) and batches[0]["rgb_shift"].any()
   for epoch in range(2):  # 12 examples, batch 4: every example once per epoch
     labels = np.concatenate([b["label"] for b in batches[epoch * steps:(epoch + 1) * steps]])
     assert sorted(labels) == imagenet["train_labels"]
-  assert_batches_equal(take(data.train_iterator(cfg, process_index=0, process_count=1), 2 * steps),
+  assert_batches_equal(take(data.train_iterator(cfg, shard_index=0, shard_count=1), 2 * steps),
                        batches)
-  resumed = take(data.train_iterator(cfg, start_step=2, process_index=0, process_count=1), 3)
+  resumed = take(data.train_iterator(cfg, start_step=2, shard_index=0, shard_count=1), 3)
   assert_batches_equal(resumed, batches[2:5])
 
 
 def test_imagenet2012_validation_images_carry_tfds_labels(imagenet):
   cfg = imagenet["cfg"]
-  batches = list(data.eval_iterator(cfg, process_index=0, process_count=1))
+  batches = list(data.eval_iterator(cfg, shard_index=0, shard_count=1))
   assert len(batches) == 2
   mask = np.concatenate([b["mask"] for b in batches])
   images = np.concatenate([b["image"] for b in batches])[mask]
@@ -114,12 +114,12 @@ def test_imagenet2012_validation_images_carry_tfds_labels(imagenet):
     found.append(k)
   assert sorted(found) == list(range(7))
 
-  parts = [list(data.eval_iterator(cfg, batch_size=3, process_index=p, process_count=3))
+  parts = [list(data.eval_iterator(cfg, batch_size=3, shard_index=p, shard_count=3))
            for p in range(3)]
   assert [len(p) for p in parts] == [3, 3, 3]  # ceil(7 / 3) each, although parts hold 3, 2, 2
   labels = [l for part in parts for b in part for l, m in zip(b["label"], b["mask"]) if m]
   assert sorted(labels) == sorted(imagenet["val_labels"])
-  views = next(data.eval_iterator(cfg, views="10crop", process_index=0, process_count=1))
+  views = next(data.eval_iterator(cfg, views="10crop", shard_index=0, shard_count=1))
   assert views["image"].shape == (4, 10, CROP, CROP, 3)
 
 
@@ -186,9 +186,9 @@ def test_tfds_slices_name_splits(shapes_dir):
   assert info.num_classes == 3 and info.class_names == ("circle", "square", "star")
   assert info.num_examples == {"train": 20, "test": 7, "train[:75%]": 15, "train[75%:]": 5}
   evaluated = [b["image"][b["mask"]]
-               for b in data.eval_iterator(cfg, process_index=0, process_count=1)]
+               for b in data.eval_iterator(cfg, shard_index=0, shard_count=1)]
   trained = [b["image"]
-             for b in take(data.train_iterator(cfg, process_index=0, process_count=1), 3)]
+             for b in take(data.train_iterator(cfg, shard_index=0, shard_count=1), 3)]
   held_out = {im.tobytes() for im in np.concatenate(evaluated)}
   seen = {im.tobytes() for im in np.concatenate(trained)}
   assert len(held_out) == 5 and len(seen) == 12 and not held_out & seen
@@ -198,7 +198,7 @@ def test_tfds_slices_name_splits(shapes_dir):
 def test_tfds_processes_read_disjoint_parts_deterministically(shapes_dir, cache):
   cfg = plain_cfg(shapes_dir, cache=cache)
   steps = data.steps_per_epoch(cfg, data.dataset_info(cfg))  # 20 // 4
-  streams = [take(data.train_iterator(cfg, process_index=p, process_count=2), 2 * steps)
+  streams = [take(data.train_iterator(cfg, shard_index=p, shard_count=2), 2 * steps)
              for p in range(2)]
   for epoch in range(2):
     parts = [{im.tobytes() for b in s[epoch * steps:(epoch + 1) * steps] for im in b["image"]}
@@ -207,16 +207,16 @@ def test_tfds_processes_read_disjoint_parts_deterministically(shapes_dir, cache)
   orders = [[im.tobytes() for b in streams[0][e * steps:(e + 1) * steps] for im in b["image"]]
             for e in range(2)]
   assert orders[0] != orders[1]  # reshuffled every epoch
-  resumed = take(data.train_iterator(cfg, start_step=steps - 1, process_index=1,
-                                     process_count=2), 3)
+  resumed = take(data.train_iterator(cfg, start_step=steps - 1, shard_index=1,
+                                     shard_count=2), 3)
   assert_batches_equal(resumed, streams[1][steps - 1:steps + 2])
 
 
-def test_tfds_eval_over_three_processes(shapes_dir):
+def test_tfds_eval_over_three_shards(shapes_dir):
   cfg = plain_cfg(shapes_dir)
-  single = {im.tobytes() for b in data.eval_iterator(cfg, process_index=0, process_count=1)
+  single = {im.tobytes() for b in data.eval_iterator(cfg, shard_index=0, shard_count=1)
             for im in b["image"][b["mask"]]}
-  parts = [list(data.eval_iterator(cfg, batch_size=3, process_index=p, process_count=3))
+  parts = [list(data.eval_iterator(cfg, batch_size=3, shard_index=p, shard_count=3))
            for p in range(3)]
   assert [len(p) for p in parts] == [3, 3, 3]
   seen = [im.tobytes() for part in parts for b in part for im in b["image"][b["mask"]]]

@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import runs
-from alexnet_jax import classnames, cli, data, export, evaluate, preprocess, train
+from alexnet_jax import classnames, cli, data, export, evaluate, preprocess, program
 from configs import test as test_config
 
 NUM_HELD_OUT = 360  # digits' validation split
@@ -17,7 +17,7 @@ NUM_HELD_OUT = 360  # digits' validation split
 
 def random_model(cfg, seed: int, name: str = "") -> export.LoadedModel:
   """He-scaled random parameters (no compilation), as a loaded parameter file would give."""
-  params, state = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))
+  params, state = jax.eval_shape(program.model_fns(cfg).init, jax.random.key(0))
   rng = np.random.default_rng(seed)
 
   def value(path, s):
@@ -50,9 +50,11 @@ def test_every_example_is_counted_once_whatever_the_batch_and_process_count():
   evaluator = evaluate.Evaluator([random_model(cfg, 0)], devices=jax.devices()[:2])
   whole = evaluator.run(cfg, batch_size=8)  # one process, batches of 8 as below (one compile)
   assert whole["examples"] == NUM_HELD_OUT
-  # 7 processes, global batch 56: 360 divides by neither. Each process feeds its own slice
-  # (8 rows), the last batches padded.
-  parts = [evaluator.run(cfg, batch_size=56, process_index=p, process_count=7) for p in range(7)]
+  # 7 data groups, global batch 56: 360 divides by neither. Each group loads its own block
+  # (8 rows), the last batches padded; here each block is placed as a batch of its own.
+  feed, dataset = evaluator.feed(8), evaluator.preprocessing(cfg)
+  parts = [evaluator.results(dataset, "validation", "center", map(feed.put, data.eval_iterator(
+      dataset, batch_size=56, shard_index=p, shard_count=7))) for p in range(7)]
   assert sum(p["examples"] for p in parts) == NUM_HELD_OUT
   for key in ("top1_err", "top5_err"):
     counted = sum(round(p["models"][0][key] * p["examples"]) for p in parts)
@@ -70,11 +72,11 @@ def test_ten_views_and_ensembles_average_probabilities():
   assert got["examples"] == NUM_HELD_OUT
 
   # Independently: every view through each model, softmax in float64, averaged.
-  fns = train.model_fns(cfg)
+  fns = program.model_fns(cfg)
   logits_fn = jax.jit(lambda p, s, x: fns.apply(p, s, x, train=False)[0])
   images, labels = [], []
-  for batch in data.eval_iterator(cfg, views="10crop", batch_size=64, process_index=0,
-                                  process_count=1):
+  for batch in data.eval_iterator(cfg, views="10crop", batch_size=64, shard_index=0,
+                                  shard_count=1):
     images.append(batch["image"][batch["mask"]])
     labels.append(batch["label"][batch["mask"]])
   images, labels = np.concatenate(images), np.concatenate(labels)

@@ -10,7 +10,7 @@ import pytest
 import safetensors.numpy
 
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import cli, configlib, export, optim, safetensors_io, train
+from alexnet_jax import cli, configlib, export, optim, program, safetensors_io
 from configs import test as test_config
 
 
@@ -19,8 +19,8 @@ def make_workdir(path, cfg, step=30, class_names=None, seed=0):
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
     f.write(configlib.to_json(cfg))
-  fns = train.model_fns(cfg)
-  shapes = jax.eval_shape(train.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
+  fns = program.model_fns(cfg)
+  shapes = jax.eval_shape(program.init_state_fn(fns, optim.make_optimizer(cfg.optim), cfg.seed))
   rng = np.random.default_rng(seed)
   state = jax.tree.map(lambda s: np.asarray(rng.normal(size=s.shape), s.dtype), shapes)
   state = state.replace(step=np.asarray(step, np.int32))
@@ -104,7 +104,7 @@ def test_best_and_numbered_checkpoints(tmp_path):
   make_workdir(workdir, cfg, step=5)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1)
   restored = checkpointer.restore(jax.eval_shape(
-      train.init_state_fn(train.model_fns(cfg), optim.make_optimizer(cfg.optim), 0)))
+      program.init_state_fn(program.model_fns(cfg), optim.make_optimizer(cfg.optim), 0)))
   for step, err in ((8, 0.2), (9, 0.4)):
     checkpointer.save(step, restored.state.replace(step=np.asarray(step, np.int32)),
                       restored.meta, metrics={"top1_err": err})

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import safetensors.torch  # noqa: E402
 
-from alexnet_jax import export, predict, preprocess, train  # noqa: E402
+from alexnet_jax import export, predict, preprocess, program  # noqa: E402
 from alexnet_jax import safetensors_io  # noqa: E402
 
 import jax  # noqa: E402
@@ -66,7 +66,7 @@ def jax_logits(loaded, images_uint8):
   cfg = loaded.cfg
   key = (cfg.model.name, cfg.model.num_classes, cfg.data.crop_size)
   if key not in _LOGITS_FNS:
-    fns = train.model_fns(cfg)
+    fns = program.model_fns(cfg)
     _LOGITS_FNS[key] = jax.jit(lambda p, s, x: fns.apply(p, s, x, train=False)[0])
   x = preprocess.normalize(images_uint8, None, cfg.data.mean, cfg.data.std)
   return np.asarray(_LOGITS_FNS[key](loaded.params, loaded.model_state, x))
@@ -118,7 +118,7 @@ def test_evaluate_reads_torchvision_weights_directly(tmp_path):
   cfg.data.resize_size, cfg.data.crop_size = 72, 63
   got = evaluate.evaluate(cfg, [path], batch_size=120, devices=jax.devices()[:1])
   wrong, count = 0, 0
-  for batch in data.eval_iterator(cfg, batch_size=120, process_index=0, process_count=1):
+  for batch in data.eval_iterator(cfg, batch_size=120, shard_index=0, shard_count=1):
     logits = torch_logits(model, batch["image"][batch["mask"]], cfg.data.mean, cfg.data.std)
     wrong += int((logits.argmax(-1) != batch["label"][batch["mask"]]).sum())
     count += int(batch["mask"].sum())

@@ -167,8 +167,8 @@ def test_features_are_the_classifiers_input_in_split_order(loaded, features):
   assert feats.shape == (360, 128) and feats.dtype == np.float32  # fc7: 2 towers x 64 units
   np.testing.assert_array_equal(labels, load_digits().target[::5])  # every 5th digit held out
   # fc8(features) must give the model's own logits on the same centre crops.
-  batch = next(data.eval_iterator(loaded.cfg, "validation", batch_size=64, process_index=0,
-                                  process_count=1))
+  batch = next(data.eval_iterator(loaded.cfg, "validation", batch_size=64, shard_index=0,
+                                  shard_count=1))
   images = preprocess.normalize(batch["image"], None, loaded.cfg.data.mean, loaded.cfg.data.std)
   logits = jax.jit(lambda p, s, x: loaded.fns.apply(p, s, x, train=False)[0])(
       loaded.params, loaded.model_state, images)
@@ -200,7 +200,7 @@ def test_nearest_neighbours_equal_brute_force_search(loaded, features, tmp_path,
   assert result["same_label_fraction"] == pytest.approx(same)
   # The grid shows those very images: the neighbours' centre crops from the train split.
   train_images = np.concatenate([b["image"][b["mask"]] for b in data.eval_iterator(
-      loaded.cfg, "train", batch_size=500, process_index=0, process_count=1)])
+      loaded.cfg, "train", batch_size=500, shard_index=0, shard_count=1)])
   np.testing.assert_array_equal(result["neighbour_images"][2],
                                 train_images[result["neighbour_positions"][2]])
   # The command writes the same numbers (and the picture).
@@ -247,7 +247,7 @@ def test_augmentation_sheet_shows_exactly_what_training_sees(tmp_path):
         continue  # dropped from this epoch's batches
       # The same example in the real training stream, at its step of this epoch.
       batch = next(data.train_iterator(cfg, start_step=epoch * steps + position // cfg.batch_size,
-                                       process_index=0, process_count=1))
+                                       shard_index=0, shard_count=1))
       j = position % cfg.batch_size
       np.testing.assert_array_equal(views["image"][epoch, i], batch["image"][j])
       np.testing.assert_array_equal(views["rgb_shift"][epoch, i], batch["rgb_shift"][j])

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import flops, train
+from alexnet_jax import flops, program
 from alexnet_jax.configlib import base_config
 
 
@@ -77,7 +77,7 @@ def test_fields_that_change_the_network_change_the_count():
 def test_kernel_shapes_are_the_models_own(name, size):
   cfg = base_config()
   cfg.model.name, cfg.model.num_classes, cfg.data.crop_size = name, 1000, size
-  params = jax.eval_shape(train.model_fns(cfg).init, jax.random.key(0))[0]
+  params = jax.eval_shape(program.model_fns(cfg).init, jax.random.key(0))[0]
   for layer in flops.layer_table(cfg.model, size):
     shape = params[layer.name]["kernel"].shape
     lead = (layer.towers,) if layer.towers > 1 else ()
@@ -96,7 +96,7 @@ def test_xla_counts_the_same_forward_flops():
   convention); XLA also counts the elementwise work, a few percent here."""
   cfg = base_config()
   cfg.model.name, cfg.model.num_classes, cfg.data.crop_size = "small", 10, 32
-  fns = train.model_fns(cfg)
+  fns = program.model_fns(cfg)
   params, state = fns.init(jax.random.key(0))
   images = jnp.zeros((4, 32, 32, 3), jnp.float32)
   forward = jax.jit(lambda p, x: fns.apply(p, state, x, train=False)[0])

@@ -1,17 +1,26 @@
-"""Several processes as one program: `launch.py train` over 2 processes on loopback (2 virtual CPU
-devices each, collectives through gloo) trains exactly as 1 process on 4 devices.
+"""Several processes as one program, in the layouts users run: one process per device (as under
+`srun`, one task per GPU), several processes of several devices, one process of all devices.
+Every layout must train and evaluate exactly as one process holding the same devices.
 
-Both runs use the paper's two-tower split on a 2x2 mesh: each process is one data group holding
-both towers, so the batch, the gradient sums and the checkpoint all cross processes.
+Processes talk over loopback with gloo collectives; each has its own virtual CPU devices
+(XLA_FLAGS) and XLA's backend optimisation off (the same partitioned program, compiled faster).
+
+- launch.py train, two_tower on a 1x2 mesh over 2 processes of 1 device (each tower in its own
+  process, so both processes must load the same rows), against 1 process of 2 devices;
+- scripts/slurm_train.sbatch under a stand-in `srun`, 2 tasks of 1 device, the same run;
+- the matrix: every strategy in the layouts 1 process x 4 devices, 2 x 2 and 4 x 1;
+- bench, compare and evaluate under 2 processes report the global batch's figures.
 """
 
 import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from alexnet_jax import cli
@@ -19,39 +28,60 @@ from alexnet_jax import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4  # configs/test.py: 1,437 digits / batch 32 = 44 steps per epoch; 0.1 epoch -> 4 steps
+HELD_OUT = 360  # digits' held-out split
+TRAIN_ARGS = ("--config", "configs/test.py", "--config.num_epochs=0.1",
+              "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+              "--config.sharding.strategy=two_tower", "--config.sharding.mesh=1x2")
 
 
-def _free_slurm_port() -> int:
+# --- launching groups of processes ----------------------------------------------------------
+
+
+_handed_out: set[int] = set()  # groups started together must not share a coordinator port
+
+
+def free_slurm_port() -> int:
   """A free port in the range JAX derives from a SLURM job id (61440 + id % 4096)."""
   for port in range(61440 + os.getpid() % 3000, 65536):
+    if port in _handed_out:
+      continue
     with socket.socket() as s:
       try:
         s.bind(("127.0.0.1", port))
       except OSError:
         continue
+      _handed_out.add(port)
       return port
   raise RuntimeError("no free port")
 
 
-def _launch(workdir, devices, *extra, env=None):
+def process_env(devices: int, extra: dict | None = None) -> dict:
   # No launcher variables but this test's own (pytest itself may run under SLURM).
   base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_"))}
-  env = dict(base, **(env or {}), PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             # Backend optimisation off: the same program, compiled several times faster.
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                       "--xla_backend_optimization_level=0")
-  cmd = [sys.executable, os.path.join(REPO, "launch.py"), "train", "--config", "configs/test.py",
-         "--workdir", str(workdir), "--config.num_epochs=0.1", "--config.log_every_steps=1",
-         "--config.sharding.strategy=two_tower", "--config.sharding.mesh=2x2", *extra]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+  return dict(base, **(extra or {}), PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_backend_optimization_level=0")
+
+
+def start(cmd, devices, *, env=None) -> subprocess.Popen:
+  return subprocess.Popen(cmd, cwd=REPO, env=process_env(devices, env), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(procs):
+def start_group(cmd, processes: int, devices: int) -> list[subprocess.Popen]:
+  """`processes` copies of `cmd`, joined with the explicit flags (none for one process)."""
+  if processes == 1:
+    return [start(cmd, devices)]
+  port = free_slurm_port()
+  return [start([*cmd, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes",
+                 str(processes), "--process_id", str(i)], devices) for i in range(processes)]
+
+
+def finish(procs, timeout: float = 600) -> list[str]:
   outputs = []
   try:
     for p in procs:
-      out, _ = p.communicate(timeout=400)
+      out, _ = p.communicate(timeout=timeout)
       outputs.append(out)
   finally:
     for p in procs:
@@ -62,49 +92,188 @@ def _finish(procs):
   return outputs
 
 
-def _records(workdir):
+def launch(*args) -> list[str]:
+  return [sys.executable, os.path.join(REPO, "launch.py"), *args]
+
+
+def records(workdir) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
 
 
-def _held_out(output):
-  m = re.search(r"top-1 error ([\d.]+)%.*top-5 error ([\d.]+)%, loss (\d+\.\d+)", output)
+def held_out(output):
+  m = re.search(r"held-out \(validation, (\d+) examples\): top-1 error ([\d.]+)%.*"
+                r"top-5 error ([\d.]+)%, loss (\d+\.\d+)", output)
   assert m, output[-2000:]
-  return tuple(float(x) for x in m.groups())
+  return int(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4))
 
 
-def test_two_processes_train_like_one_process_on_four_devices(tmp_path):
-  port = _free_slurm_port()
-  multi, single = tmp_path / "two_processes", tmp_path / "one_process"
-  procs = [
-      # Process 0 is told where everything is; process 1 finds it from SLURM's variables, as
-      # under `srun` (the coordinator is the first node of the step, its port from the job id).
-      _launch(multi, 2, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
-              "--process_id", "0"),
-      _launch(multi, 2, env=dict(SLURM_JOB_ID=str(port - 61440), SLURM_STEP_NODELIST="127.0.0.1",
-                                 SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_PROCID="1",
-                                 SLURM_LOCALID="1", SLURM_STEP_NUM_NODES="1")),
-      _launch(single, 4),
-  ]
-  out0, out1, out_single = _finish(procs)
-
-  # Every process reports the same held-out result as the single process ...
-  assert _held_out(out0) == _held_out(out1) == _held_out(out_single)
-  # ... and the same loss at every step (process 0 writes the record for all of them).
-  multi_records, single_records = _records(multi), _records(single)
-  assert [r["split"] for r in multi_records] == ["train"] * STEPS + ["eval"]  # written once
-  assert len(single_records) == len(multi_records)
-  for a, b in zip(multi_records, single_records):
-    assert (a["step"], a["split"]) == (b["step"], b["split"])
-    keys = ("loss", "top1_err", "grad_norm", "param_norm") if a["split"] == "train" else (
-        "loss", "top1_err", "top5_err", "count")
+def assert_same_training(got_dir, want_dir, steps):
+  """The same record at every step: losses, norms and the evaluation, to float tolerance."""
+  got, want = records(got_dir), records(want_dir)
+  assert [r["split"] for r in got] == ["train"] * steps + ["eval"]  # written once, by process 0
+  assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
+  for a, b in zip(got, want):
+    keys = (("loss", "top1_err", "grad_norm", "param_norm") if a["split"] == "train"
+            else ("loss", "top1_err", "top5_err"))
     for key in keys:
-      assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
-  assert "process 0 of 2 (explicit flags): 2 local / 4 global devices" in out0
-  assert "process 1 of 2" not in out1  # the others stay quiet ...
-  assert "alexnet_jax.train: step" in out0 and "alexnet_jax.train: step" not in out1
-  # ... and both wrote the final checkpoint together.
-  assert os.listdir(multi / "checkpoints") == [str(STEPS)]
+      assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (got_dir, a["step"], key)
+  assert got[-1]["count"] == want[-1]["count"] == HELD_OUT
+
+
+# --- one process per device: the two-tower split with each tower in its own process ---------
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+  """The reference: 1 process holding 2 devices, two_tower on the 1x2 mesh."""
+  workdir = tmp_path_factory.mktemp("one_process") / "run"
+  (out,) = finish([start(launch("train", *TRAIN_ARGS, "--workdir", str(workdir)), 2)])
+  return workdir, out
+
+
+def test_two_tower_with_one_device_per_process_trains_like_one_process(one_process, tmp_path):
+  workdir = tmp_path / "two_processes"
+  cmd = launch("train", *TRAIN_ARGS, "--workdir", str(workdir))
+  out0, out1 = finish(start_group(cmd, 2, 1))
+  ref_dir, ref_out = one_process
+  assert held_out(out0) == held_out(out1) == held_out(ref_out)
+  assert held_out(out0)[0] == HELD_OUT  # every held-out digit counted once
+  assert_same_training(workdir, ref_dir, STEPS)
+  # The towers sit in different processes: each loads the whole batch (its data group's rows).
+  assert "process 0 of 2 (explicit flags): 1 local / 2 global devices" in out0
+  assert "each process loads rows block 0 of 1" in out0
+  assert "process 1 of 2" not in out1  # the others stay quiet
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # saved together, once each
+
+  # The last checkpoint damaged: both processes agree to set it aside and resume from step 2.
+  for name in os.listdir(workdir / "checkpoints" / "4" / "state" / "d"):
+    os.remove(workdir / "checkpoints" / "4" / "state" / "d" / name)
+  out0, out1 = finish(start_group(cmd, 2, 1))
+  assert re.search(r"checkpoints/4 is damaged .*; moved to .*damaged; restored .*checkpoints/2 "
+                   "instead", out0), out0[-3000:]
+  assert "resuming at step 2" in out0
+  assert held_out(out0) == held_out(out1) == held_out(ref_out)
+  assert len(os.listdir(workdir / "checkpoints" / "damaged")) == 1
+
+
+FAKE_SRUN = """#!/bin/bash
+# A stand-in for SLURM's srun on one machine: starts SLURM_NTASKS copies of the command with the
+# variables a real step gives its tasks, waits for all, and fails if any failed.
+set -u
+env > "$SRUN_RECORD"
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  while [[ "$1" == --* ]]; do shift; done  # srun's own options
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NUM_TASKS=$SLURM_NTASKS \\
+    SLURM_STEP_NODELIST=127.0.0.1 SLURM_STEP_NUM_NODES=1 "$@" > "$SRUN_RECORD.task$i" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+"""
+
+
+def test_sbatch_script_runs_one_task_per_device(one_process, tmp_path):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  srun = bin_dir / "srun"
+  srun.write_text(FAKE_SRUN)
+  srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+  port = free_slurm_port()
+  record = tmp_path / "srun.env"
+  workdir = tmp_path / "slurm"
+  env = process_env(1, {
+      "PATH": f"{bin_dir}:{os.environ['PATH']}", "SRUN_RECORD": str(record),
+      "SLURM_JOB_ID": str(port - 61440), "SLURM_NTASKS": "2", "SLURM_CPUS_PER_TASK": "3",
+      "SLURM_SUBMIT_DIR": REPO, "PYTHON": sys.executable})
+  result = subprocess.run(
+      ["bash", os.path.join(REPO, "scripts", "slurm_train.sbatch"), "configs/test.py",
+       str(workdir), *TRAIN_ARGS[2:]], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=600)
+  outputs = [(tmp_path / f"srun.env.task{i}").read_text() for i in range(2)]
+  assert result.returncode == 0, result.stderr[-2000:] + outputs[0][-3000:]
+  assert "process 0 of 2 (slurm): 1 local / 2 global devices" in outputs[0]
+  ref_dir, ref_out = one_process
+  assert held_out(outputs[0]) == held_out(ref_out)
+  assert_same_training(workdir, ref_dir, STEPS)
+  # srun did not inherit --cpus-per-task from sbatch on every SLURM version: passed explicitly.
+  assert "SRUN_CPUS_PER_TASK=3" in record.read_text()
+  script = open(os.path.join(REPO, "scripts", "slurm_train.sbatch")).read()
+  # A warning signal before the time limit reaches the tasks (SIGTERM: they save and stop).
+  assert re.search(r"^#SBATCH --signal=TERM@\d+$", script, re.M)
+
+
+# --- the matrix: every strategy in every layout of 4 devices --------------------------------
+
+# The hardest meshes: two_tower's data groups span processes in the 4 x 1 layout, weird_trick's
+# and fsdp's second axis spans every process.
+STRATEGIES = "data=4x1,two_tower=2x2,weird_trick=1x4,fsdp=1x4"
+LAYOUTS = {"1x4": (1, 4), "2x2": (2, 2), "4x1": (4, 1)}  # processes x devices each
+MATRIX_STEPS = 3  # tests/topology_worker.py
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+  """Every layout trained and evaluated (all at once: the processes wait on each other)."""
+  root = tmp_path_factory.mktemp("matrix")
+  groups = {}
+  for layout, (processes, devices) in LAYOUTS.items():
+    cmd = [sys.executable, os.path.join(REPO, "tests", "topology_worker.py"),
+           str(root / layout), STRATEGIES]
+    groups[layout] = start_group(cmd, processes, devices)
+  for procs in groups.values():
+    finish(procs, timeout=900)
+  return root
+
+
+def final_params(workdir):
+  from alexnet_jax import export
+  return export.from_workdir(str(workdir)).params
+
+
+@pytest.mark.parametrize("layout", ["2x2", "4x1"])
+@pytest.mark.parametrize("strategy", [s.split("=")[0] for s in STRATEGIES.split(",")])
+def test_every_strategy_trains_alike_in_every_layout(matrix, layout, strategy):
+  got, want = matrix / layout / strategy, matrix / "1x4" / strategy
+  assert_same_training(got, want, MATRIX_STEPS)
+  import jax
+  for a, b in zip(jax.tree.leaves(final_params(got)), jax.tree.leaves(final_params(want))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --- bench, compare and evaluate under 2 processes -----------------------------------------
+
+
+def test_bench_compare_and_evaluate_report_the_global_batch(one_process, tmp_path):
+  ref_dir, _ = one_process
+  params = tmp_path / "ref.safetensors"
+  assert cli.main(["export", "--workdir", str(ref_dir), "--out", str(params)]) == 0
+  bench = finish(start_group(launch("bench", "--config", "configs/test.py", "--batch", "16",
+                                    "--steps", "2", "--warmup", "1",
+                                    "--config.sharding.strategy=two_tower",
+                                    "--config.sharding.mesh=1x2"), 2, 1))
+  assert "bench: small (test), batch 16 (8 per device x 2 cpu devices)" in bench[0]
+  assert "throughput:" in bench[0] and bench[1].count("throughput:") == 0  # one report
+  compare = finish(start_group(launch("compare", "--config", "configs/test.py",
+                                      "--strategies", "data,two_tower",
+                                      "--mesh", "data=2x1,two_tower=1x2", "--steps", "1",
+                                      "--warmup", "1", "--workdir", str(tmp_path / "compare")),
+                               2, 1))
+  assert "in 2 processes" in compare[0] and "wrote compare.md" in compare[0]
+  rows = (tmp_path / "compare" / "compare.csv").read_text().splitlines()
+  assert [r.split(",")[:4] for r in rows[1:]] == [["data", "2x1", "2", "32"],
+                                                   ["two_tower", "1x2", "2", "32"]]
+  single = finish([start(launch("evaluate", "--params", str(params), "--config",
+                                "configs/test.py"), 2)])[0]
+  double = finish(start_group(launch("evaluate", "--params", str(params), "--config",
+                                     "configs/test.py"), 2, 1))[0]
+  table = lambda out: [line for line in out.splitlines() if "ref.safetensors" in line]
+  assert f"{HELD_OUT} examples" in double and table(double) == table(single)
+
+
+# --- launch flags ---------------------------------------------------------------------------
 
 
 def test_cluster_detection_needs_a_multi_process_launch(monkeypatch):

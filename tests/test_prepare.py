@@ -78,7 +78,7 @@ def test_prepared_folder_feeds_the_pipeline_unchanged_in_shape(source, tmp_path,
   cfg.model.num_classes, cfg.batch_size, cfg.eval_batch_size = 2, 4, 2
   info = data.dataset_info(cfg)
   assert info.num_examples == {"train": 9, "validation": 2}  # nothing skipped any more
-  batch = next(itertools.islice(data.train_iterator(cfg, process_index=0, process_count=1), 1))
+  batch = next(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1), 1))
   assert batch["image"].shape == (4, 40, 40, 3)
 
 

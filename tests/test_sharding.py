@@ -41,9 +41,8 @@ def train_steps(built, steps=STEPS):
   """Run `steps` train steps on distinct synthetic batches; losses and final host params."""
   losses = []
   state = built.state
-  sharding = S.batch_sharding(built.mesh, built.strategy)
   for i in range(steps):
-    batch = S.put_batch(compare.synthetic_batch(built.cfg, seed=i), sharding)
+    batch = built.program.train_feed.put(compare.synthetic_batch(built.cfg, seed=i))
     state, metrics = built.compiled(state, batch)
     losses.append(float(metrics["loss"]))
   return losses, jax.device_get(state.params)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import cli, configlib, data, optim, sharding, train
+from alexnet_jax import cli, configlib, data, metrics, optim, program, sharding, train
+from alexnet_jax.data import synthetic
 from alexnet_jax.metric_writer import read_metrics
 from runs import config_with
 
@@ -19,20 +20,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def one_step_setup(cfg):
-  fns = train.model_fns(cfg)
+  fns = program.model_fns(cfg)
   tx = optim.make_optimizer(cfg.optim)
   schedule = optim.make_schedule(cfg.optim, 10, 100)
-  init = train.init_state_fn(fns, tx, cfg.seed)
+  init = program.init_state_fn(fns, tx, cfg.seed)
   return fns, tx, schedule, init
 
 
-def random_batch(cfg, n, seed=0):
-  rng = np.random.default_rng(seed)
-  size = cfg.data.crop_size
-  return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-          "label": rng.integers(0, cfg.model.num_classes, (n,), dtype=np.int32),
-          "mask": np.ones((n,), bool),
-          "rgb_shift": rng.normal(0, 0.01, (n, 3)).astype(np.float32)}
+def create_state(init):
+  return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})()
+
+
+random_batch = synthetic.synthetic_batch
 
 
 # --- the step -------------------------------------------------------------------------------
@@ -43,9 +42,9 @@ def test_full_size_variants_train_a_step(name, size):
   cfg = config_with(**{"model.name": name, "model.width": 1.0, "model.num_classes": 1000,
                        "data.crop_size": size, "data.resize_size": 256})
   fns, tx, schedule, init = one_step_setup(cfg)
-  state = train.create_state(init, None)
+  state = create_state(init)
   before = np.asarray(state.params["fc6"]["kernel"][..., :4])
-  step = jax.jit(train.make_train_step(cfg, fns, tx, schedule), donate_argnums=0)
+  step = jax.jit(program.make_train_step(cfg, fns, tx, schedule), donate_argnums=0)
   state, metrics = step(state, random_batch(cfg, 2))
   assert int(state.step) == 1
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
@@ -56,10 +55,10 @@ def test_top_k_errors_count_the_rank_of_the_true_label():
   logits = jnp.asarray([[0.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0],    # label 1: top-1
                         [6.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0],    # label 1: rank 1 (top-5)
                         [6.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0]])   # label 6: rank 6
-  m = train.train_metrics(logits, jnp.asarray([1, 1, 6]), jnp.asarray([True, True, True]))
+  m = metrics.train_metrics(logits, jnp.asarray([1, 1, 6]), jnp.asarray([True, True, True]))
   assert float(m["top1_err"]) == pytest.approx(2 / 3)
   assert float(m["top5_err"]) == pytest.approx(1 / 3)
-  masked = train.train_metrics(logits, jnp.asarray([1, 1, 6]), jnp.asarray([True, True, False]))
+  masked = metrics.train_metrics(logits, jnp.asarray([1, 1, 6]), jnp.asarray([True, True, False]))
   assert float(masked["top5_err"]) == 0.0 and float(masked["top1_err"]) == pytest.approx(0.5)
 
 
@@ -67,16 +66,16 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
   cfg = config_with()
   fns, tx, schedule, init = one_step_setup(cfg)
   batch = random_batch(cfg, 32)
-  step_fn = train.make_train_step(cfg, fns, tx, schedule)
+  step_fn = program.make_train_step(cfg, fns, tx, schedule)
 
-  single, m1 = jax.jit(step_fn)(train.create_state(init, None), batch)
+  single, m1 = jax.jit(step_fn)(create_state(init), batch)
 
   strategy = sharding.get_strategy("data")
   mesh = sharding.make_mesh(strategy, (8, 1))
   shapes = jax.eval_shape(init)
-  shardings = train.state_shardings(shapes, mesh, strategy)
-  state = train.create_state(init, shardings)
-  global_batch = sharding.put_batch(batch, sharding.batch_sharding(mesh, strategy))
+  shardings = sharding.tree_shardings(shapes, mesh, strategy)
+  state = jax.device_put(create_state(init), shardings)
+  global_batch = sharding.batch_feed(mesh, strategy, 32).put(batch)
   assert len(global_batch["image"].sharding.device_set) == 8
   multi, m8 = jax.jit(step_fn, out_shardings=(shardings, NamedSharding(mesh, P())))(state,
                                                                                   global_batch)
@@ -87,15 +86,12 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
 
 def test_eval_counts_every_example_exactly_once():
   # 360 held-out digits in batches of 64 (8 devices): 6 batches, the last padded and masked.
-  cfg = config_with(eval_batch_size=64)
-  fns, tx, _, init = one_step_setup(cfg)
-  state = train.create_state(init, None)
-  strategy = sharding.get_strategy("data")
-  mesh = sharding.make_mesh(strategy, (8, 1))
-  eval_step = jax.jit(train.make_eval_step(cfg, fns))
-  got = train.run_eval(eval_step, state.params, state.model_state, data.eval_iterator(cfg),
-                       sharding.batch_sharding(mesh, strategy))
+  cfg = config_with(eval_batch_size=64, **{"sharding.mesh": "8x1"})
+  built = program.build(cfg, compiler_options={"xla_backend_optimization_level": 0})
+  state = built.create_state()
+  got = train.run_eval(built, state.params, state.model_state)
   assert got["count"] == 360
+  eval_step = built.eval_step
 
   # The same figures computed directly over all real examples at once.
   batches = list(data.eval_iterator(cfg))
@@ -171,7 +167,7 @@ def test_same_workdir_resumes_from_the_latest_checkpoint(tmp_path):
 def test_bad_config_stops_with_one_line_naming_the_field(override, needle, tmp_path, capsys,
                                                          monkeypatch):
   compiled = []
-  monkeypatch.setattr(train, "make_train_step", lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(program, "make_train_step", lambda *a, **k: compiled.append(1))
   rc = cli.main(["train", "--config", os.path.join(REPO, "configs", "test.py"),
                  "--workdir", str(tmp_path / "w"), f"--config.{override}"])
   err = capsys.readouterr().err.strip().splitlines()
@@ -214,7 +210,7 @@ def test_prefetch_to_device_keeps_order_and_reads_only_size_ahead():
       pulled.append(i)
       yield {"x": np.full((8, 2), i, np.float32)}
 
-  stream = sharding.prefetch_to_device(source(), 2, sharding.batch_sharding(mesh, strategy))
+  stream = sharding.batch_feed(mesh, strategy, 8).prefetch(source(), 2)
   first = next(stream)
   assert float(first["x"][0, 0]) == 0 and len(pulled) == 3  # batch 0 out, 1 and 2 in flight
   assert len(first["x"].sharding.device_set) == 8

@@ -6,7 +6,9 @@ Sources (cfg.data.name):
   folder        DIR/train/<class>/*, DIR/val/<class>/* or Tiny ImageNet (cfg.data.folder)
   other names   a prepared tensorflow-datasets image-classification dataset (cfg.data.data_dir)
 
-Batches (b = global batch // process count):
+Batches: every global batch is cut into `shard_count` equal blocks of consecutive rows, and a
+reader takes block `shard_index` (b = global batch // shard_count rows); a process loads the block
+its devices hold under the batch sharding (alexnet_jax.sharding.process_rows):
   train  image uint8 (b, crop, crop, 3), label int32 (b,), mask bool (b,) all True,
          rgb_shift float32 (b, 3): the PCA lighting offset, added on the device by
          alexnet_jax.preprocess.normalize.
@@ -48,14 +50,15 @@ def _open_source(cfg):
   return _sources[key]
 
 
-def _processes(process_index, process_count) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise DataError(f"process_index {process_index} is not in [0, {process_count})")
-  return process_index, process_count
+def _shards(shard_index, shard_count) -> tuple[int, int]:
+  """Default: the whole global batch (block 0 of 1). A program of several processes passes the
+  block its devices hold (sharding.process_rows), which depends on the strategy's batch
+  sharding, not only on the process index."""
+  shard_index = 0 if shard_index is None else shard_index
+  shard_count = 1 if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise DataError(f"shard_index {shard_index} is not in [0, {shard_count})")
+  return shard_index, shard_count
 
 
 def dataset_info(cfg) -> DatasetInfo:
@@ -72,52 +75,51 @@ def steps_per_epoch(cfg, info: DatasetInfo) -> int:
   return steps
 
 
-def train_iterator(cfg, *, start_step: int = 0, process_index: int | None = None,
-                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-process train batches; the k-th is global step start_step + k.
+def train_iterator(cfg, *, start_step: int = 0, shard_index: int | None = None,
+                   shard_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Endless train batches (block `shard_index` of `shard_count` of each global batch; default
+  the whole batch); the k-th is global step start_step + k.
 
   Order and augmentation are functions of (cfg.seed, epoch, example), so a run resumed at
   `start_step` sees exactly the batches an uninterrupted run sees from that step.
   """
   from alexnet_jax.data import pipeline
 
-  process_index, process_count = _processes(process_index, process_count)
-  order.local_batch_size(cfg.batch_size, process_count)  # fail now, not at the first batch
+  shard_index, shard_count = _shards(shard_index, shard_count)
+  order.local_batch_size(cfg.batch_size, shard_count)  # fail now, not at the first batch
   steps = steps_per_epoch(cfg, dataset_info(cfg))
   split = _open_source(cfg).split(cfg.data.train_split, pipeline.split_options(cfg))
   return pipeline.train_iterator(cfg, split, start_step=start_step, steps_per_epoch=steps,
-                                 process_index=process_index, process_count=process_count)
+                                 shard_index=shard_index, shard_count=shard_count)
 
 
 def eval_iterator(cfg, split: str | None = None, *, views: str = "center",
-                  batch_size: int | None = None, process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over `split` (default cfg.data.eval_split), num_eval_batches batches per process.
+                  batch_size: int | None = None, shard_index: int | None = None,
+                  shard_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `split` (default cfg.data.eval_split), num_eval_batches batches per reader.
 
-  Over all processes every example appears once with mask True; the last batches are padded
+  Over the blocks of a batch every example appears once with mask True; the last batches are padded
   with mask False so that every process yields the same number of batches.
   """
   from alexnet_jax.data import pipeline
 
-  process_index, process_count = _processes(process_index, process_count)
+  shard_index, shard_count = _shards(shard_index, shard_count)
   global_batch = batch_size or cfg.eval_batch_size
-  order.local_batch_size(global_batch, process_count)
+  order.local_batch_size(global_batch, shard_count)
   pipeline.make_eval_example(cfg.data.crop_size, views)  # rejects unknown views early
   data_split = _open_source(cfg).split(split or cfg.data.eval_split, pipeline.split_options(cfg))
   batches = pipeline.eval_batches(cfg, data_split, views=views, global_batch=global_batch,
-                                  process_index=process_index, process_count=process_count)
+                                  shard_index=shard_index, shard_count=shard_count)
   return batches.as_numpy_iterator()
 
 
 def num_eval_batches(cfg, info: DatasetInfo, split: str | None = None, *,
-                     batch_size: int | None = None, process_count: int | None = None) -> int:
-  """Batches each process's eval_iterator yields (the same on every process)."""
+                     batch_size: int | None = None, shard_count: int | None = None) -> int:
+  """Batches each reader's eval_iterator yields (the same for every block)."""
   split = split or cfg.data.eval_split
   if split not in info.num_examples:
     raise DataError(f"split {split!r} is not in the dataset info ({', '.join(info.num_examples)})")
-  if process_count is None:
-    import jax
-    process_count = jax.process_count()
+  shard_count = 1 if shard_count is None else shard_count
   global_batch = batch_size or cfg.eval_batch_size
-  order.local_batch_size(global_batch, process_count)
+  order.local_batch_size(global_batch, shard_count)
   return order.num_eval_batches(info.num_examples[split], global_batch)

@@ -1,8 +1,11 @@
-"""Which examples each process reads, in which order: plain numpy, no TensorFlow.
+"""Which examples each reader loads, in which order: plain numpy, no TensorFlow.
 
 Sources with random access (arrays in memory, lists of files) use one global permutation per
-epoch, seeded by (seed, epoch). Global batch g of an epoch is `perm[g*B:(g+1)*B]`, and process p
-of P takes the p-th contiguous slice of it, so the global batch does not depend on P.
+epoch, seeded by (seed, epoch). Global batch g of an epoch is `perm[g*B:(g+1)*B]`, cut into S
+contiguous blocks of rows; a reader takes block s of S, so the global batch does not depend on
+how it is cut. A process reads the block its devices hold (alexnet_jax.sharding.process_rows):
+with data parallelism over P processes that is block p of P; processes of one data group (the
+towers of two_tower in different processes) read the same block.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ import numpy as np
 from alexnet_jax.data.info import DataError
 
 
-def local_batch_size(global_batch: int, process_count: int) -> int:
-  if global_batch <= 0 or global_batch % process_count:
+def local_batch_size(global_batch: int, shard_count: int) -> int:
+  if global_batch <= 0 or global_batch % shard_count:
     raise DataError(
-        f"batch size {global_batch} must be a positive multiple of the process count "
-        f"{process_count}: each process reads an equal slice of every batch")
-  return global_batch // process_count
+        f"batch size {global_batch} must be a positive multiple of {shard_count}: the batch is "
+        f"split into {shard_count} equal blocks of rows, one per data group of devices")
+  return global_batch // shard_count
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -38,37 +41,37 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_indices(
-    *, seed: int, epoch: int, num_examples: int, global_batch: int, process_index: int,
-    process_count: int, first_batch: int = 0,
+    *, seed: int, epoch: int, num_examples: int, global_batch: int, shard_index: int,
+    shard_count: int, first_batch: int = 0,
 ) -> np.ndarray:
-  """Example indices this process reads in `epoch`, from in-epoch batch `first_batch` on.
+  """Example indices block `shard_index` reads in `epoch`, from in-epoch batch `first_batch` on.
 
   The last partial global batch of the permutation is dropped (steps_per_epoch = N // B); the
   examples left out change from epoch to epoch with the permutation.
   """
   steps = num_examples // global_batch
-  local = local_batch_size(global_batch, process_count)
+  local = local_batch_size(global_batch, shard_count)
   batches = epoch_permutation(seed, epoch, num_examples)[: steps * global_batch]
   batches = batches.reshape(steps, global_batch)
-  mine = batches[first_batch:, process_index * local:(process_index + 1) * local]
+  mine = batches[first_batch:, shard_index * local:(shard_index + 1) * local]
   return mine.reshape(-1)
 
 
 def num_eval_batches(num_examples: int, global_batch: int) -> int:
-  """Batches every process yields in one evaluation pass (the last ones padded)."""
+  """Batches every reader yields in one evaluation pass (the last ones padded)."""
   return math.ceil(num_examples / global_batch)
 
 
-def eval_indices(*, num_examples: int, global_batch: int, process_index: int,
-                 process_count: int) -> np.ndarray:
-  """Indices this process evaluates, in order, padding excluded.
+def eval_indices(*, num_examples: int, global_batch: int, shard_index: int,
+                 shard_count: int) -> np.ndarray:
+  """Indices block `shard_index` evaluates, in order, padding excluded.
 
-  Global batch g holds examples [g*B, (g+1)*B) and process p its p-th slice, as in training.
-  Past the end of the split the slices are padding; since indices grow along a process's own
+  Global batch g holds examples [g*B, (g+1)*B) and block s its s-th slice, as in training.
+  Past the end of the split the slices are padding; since indices grow along a block's own
   stream, its real examples form a prefix and the padding a suffix.
   """
-  local = local_batch_size(global_batch, process_count)
+  local = local_batch_size(global_batch, shard_count)
   batches = num_eval_batches(num_examples, global_batch)
   positions = np.arange(batches * global_batch).reshape(batches, global_batch)
-  mine = positions[:, process_index * local:(process_index + 1) * local].reshape(-1)
+  mine = positions[:, shard_index * local:(shard_index + 1) * local].reshape(-1)
   return mine[mine < num_examples]

@@ -55,27 +55,27 @@ def make_train_example(cfg, epoch: int):
   return train_example
 
 
-def train_batches(cfg, split, *, epoch: int, first_batch: int, process_index: int,
-                  process_count: int) -> tf.data.Dataset:
+def train_batches(cfg, split, *, epoch: int, first_batch: int, shard_index: int,
+                  shard_count: int) -> tf.data.Dataset:
   """This process's batches of `epoch`, from in-epoch batch `first_batch` to the epoch's end."""
-  local = order.local_batch_size(cfg.batch_size, process_count)
+  local = order.local_batch_size(cfg.batch_size, shard_count)
   ds = split.train_examples(seed=cfg.seed, epoch=epoch, first_batch=first_batch,
-                            global_batch=cfg.batch_size, process_index=process_index,
-                            process_count=process_count)
+                            global_batch=cfg.batch_size, shard_index=shard_index,
+                            shard_count=shard_count)
   ds = ds.map(make_train_example(cfg, epoch), num_parallel_calls=split.options.parallel,
               deterministic=True)
   return ds.batch(local, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def train_iterator(cfg, split, *, start_step: int, steps_per_epoch: int, process_index: int,
-                   process_count: int) -> Iterator[dict[str, np.ndarray]]:
+def train_iterator(cfg, split, *, start_step: int, steps_per_epoch: int, shard_index: int,
+                   shard_count: int) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches; the k-th is global step start_step + k, of epoch step // steps_per_epoch."""
   first_epoch, first_batch = divmod(start_step, steps_per_epoch)
   for epoch in itertools.count(first_epoch):
     # A fresh pipeline per epoch: its order and augmentation are functions of (seed, epoch).
     batches = train_batches(cfg, split, epoch=epoch,
                             first_batch=first_batch if epoch == first_epoch else 0,
-                            process_index=process_index, process_count=process_count)
+                            shard_index=shard_index, shard_count=shard_count)
     yield from batches.as_numpy_iterator()
 
 
@@ -97,13 +97,13 @@ def make_eval_example(crop_size: int, views: str):
   return eval_example
 
 
-def eval_batches(cfg, split, *, views: str, global_batch: int, process_index: int,
-                 process_count: int) -> tf.data.Dataset:
+def eval_batches(cfg, split, *, views: str, global_batch: int, shard_index: int,
+                 shard_count: int) -> tf.data.Dataset:
   """One pass over this process's examples, padded to `num_eval_batches` full batches."""
-  local = order.local_batch_size(global_batch, process_count)
+  local = order.local_batch_size(global_batch, shard_count)
   num_batches = order.num_eval_batches(split.num_examples, global_batch)
-  ds = split.eval_examples(global_batch=global_batch, process_index=process_index,
-                           process_count=process_count)
+  ds = split.eval_examples(global_batch=global_batch, shard_index=shard_index,
+                           shard_count=shard_count)
   ds = ds.map(make_eval_example(cfg.data.crop_size, views),
               num_parallel_calls=split.options.parallel, deterministic=True)
   # Padding examples (mask False) after the real ones, cut at the same count on every process:

@@ -22,7 +22,7 @@ def train_views(cfg, count: int, epochs: int) -> dict[str, np.ndarray]:
   split = _open_source(cfg).split(cfg.data.train_split, pipeline.split_options(cfg))
   count = min(count, split.num_examples)
   # eval_examples: the split's examples in stored order, as (example_id, square, label).
-  firsts = split.eval_examples(global_batch=count, process_index=0, process_count=1).take(count)
+  firsts = split.eval_examples(global_batch=count, shard_index=0, shard_count=1).take(count)
   ids, squares, labels = next(firsts.batch(count).as_numpy_iterator())
   images, shifts = [], []
   for epoch in range(epochs):

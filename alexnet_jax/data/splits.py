@@ -42,16 +42,16 @@ class RandomAccessSplit:
     """(example_id int64, square uint8 (R, R, 3), label int32) for `indices`, in that order."""
     raise NotImplementedError
 
-  def train_examples(self, *, seed, epoch, first_batch, global_batch, process_index,
-                     process_count) -> tf.data.Dataset:
+  def train_examples(self, *, seed, epoch, first_batch, global_batch, shard_index,
+                     shard_count) -> tf.data.Dataset:
     return self.squares(order.train_indices(
         seed=seed, epoch=epoch, num_examples=self.num_examples, global_batch=global_batch,
-        process_index=process_index, process_count=process_count, first_batch=first_batch))
+        shard_index=shard_index, shard_count=shard_count, first_batch=first_batch))
 
-  def eval_examples(self, *, global_batch, process_index, process_count) -> tf.data.Dataset:
+  def eval_examples(self, *, global_batch, shard_index, shard_count) -> tf.data.Dataset:
     return self.squares(order.eval_indices(
         num_examples=self.num_examples, global_batch=global_batch,
-        process_index=process_index, process_count=process_count))
+        shard_index=shard_index, shard_count=shard_count))
 
 
 class ArraySplit(RandomAccessSplit):

@@ -99,10 +99,10 @@ class TfdsSplit:
     self.source, self.split, self.num_examples, self.options = source, split, num_examples, options
     self._cached: dict[tuple[int, int], tf.data.Dataset] = {}
 
-  def _part(self, process_index: int, process_count: int):
-    if process_count == 1:
+  def _part(self, shard_index: int, shard_count: int):
+    if shard_count == 1:
       return self.split
-    return tfds.even_splits(self.split, n=process_count)[process_index]
+    return tfds.even_splits(self.split, n=shard_count)[shard_index]
 
   def _records(self, part, shuffle_seed: int | None) -> tf.data.Dataset:
     """(example_id, encoded image, label); example_id fingerprints the record's tfds id."""
@@ -126,12 +126,12 @@ class TfdsSplit:
 
     return ds.map(decode, num_parallel_calls=self.options.parallel, deterministic=True)
 
-  def _squares(self, process_index, process_count) -> tf.data.Dataset:
+  def _squares(self, shard_index, shard_count) -> tf.data.Dataset:
     """This process's part as squares, in file order; with cfg.data.cache decoded once and kept."""
-    part = self._part(process_index, process_count)
+    part = self._part(shard_index, shard_count)
     if not self.options.cache:
       return self._decode(self._records(part, None))
-    key = (process_index, process_count)
+    key = (shard_index, shard_count)
     if key not in self._cached:
       cached = self._decode(self._records(part, None)).cache()
       # One full pass fills the cache; later partial reads (take) then never refill it.
@@ -140,18 +140,18 @@ class TfdsSplit:
       self._cached[key] = cached
     return self._cached[key]
 
-  def train_examples(self, *, seed, epoch, first_batch, global_batch, process_index,
-                     process_count) -> tf.data.Dataset:
-    local = order.local_batch_size(global_batch, process_count)
+  def train_examples(self, *, seed, epoch, first_batch, global_batch, shard_index,
+                     shard_count) -> tf.data.Dataset:
+    local = order.local_batch_size(global_batch, shard_count)
     steps = self.num_examples // global_batch  # each part holds at least steps * local examples
     shuffle_seed = order.epoch_seed(seed, epoch)
     if self.options.cache:
-      ds = self._squares(process_index, process_count)
+      ds = self._squares(shard_index, shard_count)
     else:  # shuffle and skip encoded records: a resumed run decodes nothing it skips
-      ds = self._records(self._part(process_index, process_count), shuffle_seed)
+      ds = self._records(self._part(shard_index, shard_count), shuffle_seed)
     ds = ds.shuffle(self.options.shuffle_buffer, seed=shuffle_seed)
     ds = ds.take(steps * local).skip(first_batch * local)
     return ds if self.options.cache else self._decode(ds)
 
-  def eval_examples(self, *, global_batch, process_index, process_count) -> tf.data.Dataset:
-    return self._squares(process_index, process_count)
+  def eval_examples(self, *, global_batch, shard_index, shard_count) -> tf.data.Dataset:
+    return self._squares(shard_index, shard_count)

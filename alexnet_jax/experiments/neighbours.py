@@ -70,7 +70,7 @@ def split_batches(trained: runs.TrainedRun, split: str,
 
   _check_single_process()
   for batch in data.eval_iterator(trained.cfg, split, views="center", batch_size=batch_size,
-                                  process_index=0, process_count=1):
+                                  shard_index=0, shard_count=1):
     mask = batch["mask"].astype(bool)
     if mask.any():
       yield batch["image"][mask], batch["label"][mask]

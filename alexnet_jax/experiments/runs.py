@@ -83,7 +83,7 @@ def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
 class TrainedRun:
   workdir: str
   cfg: Any
-  fns: Any  # train.ModelFns
+  fns: Any  # program.ModelFns
   params: Any  # nested dict, params["conv1"]["kernel"]
   model_state: Any
   step: int
@@ -92,13 +92,13 @@ class TrainedRun:
 
 def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
   """The run's config and its latest (or given) checkpoint's parameters, on the host."""
-  from alexnet_jax import export, train
+  from alexnet_jax import export, program
 
   try:
     loaded = export.from_workdir(workdir, "latest" if step is None else str(step))
   except export.ExportError as e:
     raise ExperimentError(str(e)) from None
-  return TrainedRun(workdir, loaded.cfg, train.model_fns(loaded.cfg), loaded.params,
+  return TrainedRun(workdir, loaded.cfg, program.model_fns(loaded.cfg), loaded.params,
                     loaded.model_state, int(loaded.step))
 
 

@@ -1,0 +1,51 @@
+"""One process of a topology test: trains configs/test.py under several strategies, one after
+the other, through `train.train_and_evaluate` (the loop `launch.py train` runs), each in its own
+work directory under OUTDIR.
+
+  python tests/topology_worker.py OUTDIR data=4x1,two_tower=2x2 \
+      [--coordinator_address HOST:PORT --num_processes N --process_id I]
+
+Several strategies share one process start (JAX, TensorFlow and the dataset load once).
+"""
+
+import argparse
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from alexnet_jax import configlib, distributed  # noqa: E402
+
+STEPS = 3  # 44 steps per epoch: round(0.07 * 44) = 3 steps, then the held-out evaluation
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("outdir")
+  parser.add_argument("strategies", help="name=mesh pairs, comma-separated")
+  distributed.add_arguments(parser)
+  args = parser.parse_args()
+  distributed.initialize(args)
+
+  import jax
+
+  from alexnet_jax import train
+
+  for item in args.strategies.split(","):
+    name, mesh = item.split("=")
+    cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
+    configlib.apply_overrides(cfg, [
+        f"sharding.strategy={name}", f"sharding.mesh={mesh}", "num_epochs=0.07",
+        "log_every_steps=1", "checkpoint_every_steps=0", "eval_every_epochs=1"])
+    workdir = os.path.join(args.outdir, name)
+    if jax.process_index() == 0:  # as `launch.py train` does: the run's record, for export
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(configlib.to_json(cfg))
+    train.train_and_evaluate(cfg, workdir)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
