@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pool_impl = "auto"  # auto (slices on CPU, else reduce_window) | slices | reduce_window
   c.model.conv1_impl = "direct"  # direct | space_to_depth (4x4 blocks, 48 channels, stride 1)
   c.model.conv_impl = "auto"  # auto (oneDNN on one CPU device where it works, else XLA) | xla | onednn
+  # LRN's window sum of squares: auto (reduce_window on CPU, matmul elsewhere) | reduce_window |
+  # matmul | slices; the same function and gradient each way (model.py)
+  c.model.lrn_impl = "auto"
   c.model.lrn_k = 2.0
   c.model.lrn_n = 5
   c.model.lrn_alpha = 1e-4  # the paper's alpha: NOT divided by n
