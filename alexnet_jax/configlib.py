@@ -106,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # the last K are kept ...
   c.keep_best_checkpoint = True  # ... plus the one with the lowest validation top-1 error
   c.progress = True  # progress bar on stderr
+  # Steps to trace with JAX's profiler into WORKDIR/profile: "10-12", "5" or "" (off); counted
+  # from 1 as in the logs. Skip step 1 (it compiles). Viewing: alexnet_jax/profiling.py.
+  c.profile_steps = ""
   return c
 
 
@@ -197,7 +200,7 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
   import jax
 
   from alexnet_jax import model as model_lib
-  from alexnet_jax import optim
+  from alexnet_jax import optim, profiling
 
   try:
     variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
@@ -247,6 +250,7 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  profiling.parse(cfg.profile_steps)  # ConfigError naming the field
 
 
 def check_against_dataset(cfg: ml_collections.ConfigDict, info) -> None:
