@@ -212,7 +212,7 @@ class Result:
         f"max {ms(max(self.step_times))}; {len(self.step_times)} steps after warm-up)",
         f"throughput: {self.images_per_second:,.1f} images/s",
         f"FLOPs: {self.flops_per_image / 1e9:.3f} GFLOP per training image "
-        f"({self.flops_per_image / 6e9:.3f} G multiply-adds forward x 3 passes x 2)",
+        "(forward + weight gradients + input gradients but conv1's; 2 FLOPs per multiply-add)",
         f"achieved: {self.achieved_tflops:.4g} TFLOP/s; {mfu}",
     ])
 

@@ -239,8 +239,9 @@ def entry_point() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  from alexnet_jax import xla_flags
+  from alexnet_jax import compile_cache, xla_flags
   xla_flags.apply_defaults()  # before JAX starts: XLA reads XLA_FLAGS once
+  compile_cache.enable()  # before anything compiles
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
     argv = ["train"] + argv  # `python launch.py` runs the offline default

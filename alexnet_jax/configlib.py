@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pool_impl = "auto"  # auto (slices on CPU, else reduce_window) | slices | reduce_window
   c.model.conv1_impl = "direct"  # direct | space_to_depth (4x4 blocks, 48 channels, stride 1)
   c.model.conv_impl = "auto"  # auto (oneDNN on one CPU device where it works, else XLA) | xla | onednn
+  # LRN's window sum of squares: auto (reduce_window on CPU, matmul elsewhere) | reduce_window |
+  # matmul | slices; the same function and gradient each way (model.py)
+  c.model.lrn_impl = "auto"
   c.model.lrn_k = 2.0
   c.model.lrn_n = 5
   c.model.lrn_alpha = 1e-4  # the paper's alpha: NOT divided by n
@@ -103,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # the last K are kept ...
   c.keep_best_checkpoint = True  # ... plus the one with the lowest validation top-1 error
   c.progress = True  # progress bar on stderr
+  # Steps to trace with JAX's profiler into WORKDIR/profile: "10-12", "5" or "" (off); counted
+  # from 1 as in the logs. Skip step 1 (it compiles). Viewing: alexnet_jax/profiling.py.
+  c.profile_steps = ""
   return c
 
 
@@ -192,7 +198,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
   """Raise ConfigError for a config that cannot work. `data_axis`: devices the batch splits over."""
   from alexnet_jax import model as model_lib
-  from alexnet_jax import optim
+  from alexnet_jax import optim, profiling
 
   try:
     variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
@@ -239,6 +245,7 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  profiling.parse(cfg.profile_steps)  # ConfigError naming the field
 
 
 def check_against_dataset(cfg: ml_collections.ConfigDict, info) -> None:

@@ -141,18 +141,84 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # --- pure layer functions -------------------------------------------------------------------
 
 
+def _window_sum_reduce_window(sq: Array, n: int) -> Array:
+  """Sum over the n channels centred on each channel (zeros past the edges): XLA's reduce_window."""
+  half = n // 2
+  return jax.lax.reduce_window(
+      sq, 0.0, jax.lax.add, (1,) * (sq.ndim - 1) + (n,), (1,) * sq.ndim,
+      [(0, 0)] * (sq.ndim - 1) + [(half, half)])
+
+
+def _self_adjoint(window_sum: Callable) -> Callable:
+  """`window_sum(sq, n)` with its gradient computed by itself: the sum is linear with a symmetric
+  matrix, so the cotangent's window sum is the gradient. Autodiff would transpose the pads and
+  slices into more of them, or round the cotangent to bfloat16 through the matmul's casts."""
+  f = jax.custom_vjp(window_sum, nondiff_argnums=(1,))
+  f.defvjp(lambda sq, n: (window_sum(sq, n), None), lambda n, _, g: (window_sum(g, n),))
+  return f
+
+
+@_self_adjoint
+def _window_sum_slices(sq: Array, n: int) -> Array:
+  """The same sum as n shifted slices of the zero-padded squares added up: pads, slices and adds
+  only, the kind of work XLA fuses into one loop with the rest of LRN."""
+  half, c = n // 2, sq.shape[-1]
+  padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
+  total = padded[..., :c]
+  for shift in range(1, n):
+    total = total + padded[..., shift:shift + c]
+  return total
+
+
+def _band(c: int, n: int) -> Array:
+  """The C x C 0/1 matrix with ones where |i - j| <= n // 2 (symmetric)."""
+  i = jnp.arange(c)
+  return (jnp.abs(i[:, None] - i[None, :]) <= n // 2).astype(jnp.bfloat16)
+
+
+@_self_adjoint
+def _window_sum_matmul(sq: Array, n: int) -> Array:
+  """The same sum as a matrix product with the banded 0/1 matrix, which GPUs run as a GEMM.
+
+  The band is exact in bfloat16, so the float32 squares are split into three bfloat16 parts
+  (hi + mid + lo: 24 bits of mantissa, as float32 has) multiplied with float32 accumulation, as
+  one product over 3C: tensor-core speed and float32 accuracy on any backend (a float32 product
+  would round to TF32 by default on GPUs; two parts were 3e-6 off the formula).
+  """
+  parts, rest = [], sq
+  for _ in range(3):
+    parts.append(rest.astype(jnp.bfloat16))
+    rest = rest - parts[-1].astype(jnp.float32)
+  band = _band(sq.shape[-1], n)
+  return jnp.matmul(jnp.concatenate(parts, axis=-1), jnp.concatenate([band] * 3, axis=0),
+                    preferred_element_type=jnp.float32)
+
+
+# config.model.lrn_impl: LRN's window sum of squares over channels, computed three ways (the same
+# function and gradient). "auto" takes reduce_window on CPUs, where it was the fastest of the three
+# (benchmarks/lrn.py: the matrix product took over twice its time), and the matrix product
+# elsewhere: a GEMM is what GPUs run best, while a reduce_window over the channel axis is unlikely
+# to fuse with its neighbours there (not yet measured on a GPU: run benchmarks/lrn.py on one).
+LRN_WINDOW_SUMS = {"reduce_window": _window_sum_reduce_window, "matmul": _window_sum_matmul,
+                   "slices": _window_sum_slices}
+LRN_IMPLS = ("auto",) + tuple(LRN_WINDOW_SUMS)
+
+
+def resolve_lrn_impl(impl: str) -> str:
+  if impl == "auto":
+    return "reduce_window" if jax.default_backend() == "cpu" else "matmul"
+  return impl
+
+
 def local_response_norm(x: Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4,
-                        beta: float = 0.75) -> Array:
+                        beta: float = 0.75, impl: str = "auto") -> Array:
   """The paper's LRN over the channel (last) axis: a / (k + alpha * sum of a^2 over n)^beta.
 
   alpha is not divided by n (Caffe and PyTorch divide it). Computed in float32: the sum of
-  squares of bfloat16 activations loses too much.
+  squares of bfloat16 activations loses too much. `impl`: one of LRN_IMPLS.
   """
   sq = jnp.square(x.astype(jnp.float32))
-  half = n // 2
-  window_sum = jax.lax.reduce_window(
-      sq, 0.0, jax.lax.add, (1,) * (x.ndim - 1) + (n,), (1,) * x.ndim,
-      [(0, 0)] * (x.ndim - 1) + [(half, half)])
+  window_sum = LRN_WINDOW_SUMS[resolve_lrn_impl(impl)](sq, n)
   return (x.astype(jnp.float32) / (k + alpha * window_sum) ** beta).astype(x.dtype)
 
 
@@ -310,6 +376,7 @@ class Options:
   pool_impl: str = "auto"  # POOL_IMPLS
   conv1_impl: str = "direct"  # CONV1_IMPLS
   conv_impl: str = "auto"  # CONV_IMPLS
+  lrn_impl: str = "auto"  # LRN_IMPLS
   lrn: tuple[float, int, float, float] = (2.0, 5, 1e-4, 0.75)  # k, n, alpha, beta
 
 
@@ -371,6 +438,7 @@ class AlexNet(nnx.Module):
     pool = pool_function(self.opts.pool_impl)
     k, n, alpha, beta = self.opts.lrn
     use_lrn = self.opts.norm == "lrn"
+    lrn_impl = resolve_lrn_impl(self.opts.lrn_impl)
 
     def segment(x, params):
       for i, (spec, (kernel, bias)) in enumerate(zip(specs, params)):
@@ -380,7 +448,7 @@ class AlexNet(nnx.Module):
           conv = self._conv_function(spec)
           x = act(conv(x, kernel, spec.stride, spec.padding) + bias.astype(x.dtype))
           if use_lrn and spec.lrn:
-            x = local_response_norm(x, k, n, alpha, beta)
+            x = local_response_norm(x, k, n, alpha, beta, lrn_impl)
           if spec.pool:
             x = pool(x, window, stride)
       return x
@@ -502,7 +570,7 @@ def options_from_config(model_cfg, input_size: int) -> tuple[Variant, Options]:
       activation=model_cfg.activation, dropout=model_cfg.dropout, width=model_cfg.width,
       init=init, dtype=model_cfg.dtype, tower_impl=model_cfg.tower_impl,
       pool_impl=model_cfg.pool_impl, conv1_impl=model_cfg.conv1_impl,
-      conv_impl=model_cfg.conv_impl,
+      conv_impl=model_cfg.conv_impl, lrn_impl=model_cfg.lrn_impl,
       lrn=(model_cfg.lrn_k, model_cfg.lrn_n, model_cfg.lrn_alpha, model_cfg.lrn_beta))
   return variant, opts
 
@@ -527,6 +595,10 @@ def check_options(variant: Variant, opts: Options) -> None:
       (opts.conv_impl != "onednn" or onednn.available(),
        "config.model.conv_impl=onednn: this JAX cannot run XLA:CPU's oneDNN convolution here "
        "(it needs the CPU backend and a jaxlib with that op); use auto or xla"),
+      (opts.lrn_impl in LRN_IMPLS,
+       f"config.model.lrn_impl={opts.lrn_impl!r}: choose {', '.join(LRN_IMPLS)}"),
+      (opts.lrn[1] >= 1 and opts.lrn[1] % 2 == 1,
+       f"config.model.lrn_n={opts.lrn[1]}: must be odd (a window centred on each channel)"),
       (0.0 <= opts.dropout < 1.0, f"config.model.dropout={opts.dropout}: must be in [0, 1)"),
       (opts.num_classes >= 1, f"config.model.num_classes={opts.num_classes}: must be >= 1"),
       (opts.width > 0, f"config.model.width={opts.width}: must be > 0"),
