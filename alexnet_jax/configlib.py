@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.lrn_beta = 0.75
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"  # digits | imagenet2012 | folder | any tfds image-classification name
+  # digits | synthetic | imagenet2012 | folder | any tfds image-classification name
+  c.data.name = "digits"
   c.data.data_dir = ""  # tfds data_dir ("" = tfds default)
   c.data.manual_dir = ""  # imagenet2012: folder holding ILSVRC2012_img_{train,val}.tar
   c.data.folder = ""  # folder source: DIR/train/<class>/*, DIR/val/<class>/* (Tiny ImageNet also)
@@ -73,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache = False  # cache decoded examples in memory (small datasets)
   c.data.prefetch = 2  # batches prefetched to the devices
   c.data.num_parallel_calls = -1  # -1 = tf.data AUTOTUNE
+  # data.name=synthetic: random images and labels of the config's shape (data/synthetic.py);
+  # the split sizes of ImageNet by default, so an epoch is ImageNet's number of steps
+  c.data.synthetic_train_size = 1_281_167
+  c.data.synthetic_eval_size = 50_000
 
   c.batch_size = 128  # global, over all devices and processes
   c.eval_batch_size = 256

@@ -23,6 +23,7 @@ import numpy as np
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import configlib
 from alexnet_jax import optim
+from alexnet_jax import profiling
 from alexnet_jax import program as program_lib
 from alexnet_jax.experiments import curves
 from alexnet_jax.metric_writer import MetricWriter
@@ -135,12 +136,15 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
       data.train_iterator(cfg, start_step=start_step, shard_index=rows.index,
                           shard_count=rows.count), cfg.data.prefetch)
   stop = ckpt_lib.StopSignals()
+  profiler = profiling.StepProfiler(cfg.profile_steps, workdir)
   try:
     stop.install()
     for step in range(start_step, total_steps):
+      done = step + 1  # steps are counted from 1, as in the logs and checkpoints
+      profiler.step_started(done)
       state, metrics = train_step(state, next(batches))
+      profiler.step_finished(done, metrics)
       history.append(metrics)
-      done = step + 1
       log_step = done % cfg.log_every_steps == 0 or done == total_steps
       if log_step:
         check_finite()
@@ -181,6 +185,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     if start_step >= total_steps:
       eval_metrics = evaluate()
   finally:
+    profiler.close()
     progress.close()
     checkpointer.close()  # waits for the last save; a signal meanwhile does not cut it short
     writer.close()

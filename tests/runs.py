@@ -87,9 +87,10 @@ def run(workdir: str, log_path: str, *extra: str, timeout: float = 300) -> str:
 
 @functools.cache
 def reference_run() -> str:
-  """The work directory of the uninterrupted run (made once per session)."""
+  """The work directory of the uninterrupted run (made once per session); steps 3-4 traced with
+  JAX's profiler (config.profile_steps), which changes no number."""
   workdir = os.path.join(session_dir(), "reference")
-  run(workdir, os.path.join(session_dir(), "reference.log"))
+  run(workdir, os.path.join(session_dir(), "reference.log"), "--config.profile_steps=3-4")
   return workdir
 
 

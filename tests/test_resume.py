@@ -116,3 +116,14 @@ def test_run_directories_hold_no_pickle():
     with open(path, "rb") as f:
       head = f.read(2)
     assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), path
+
+
+def test_train_traces_the_requested_steps():
+  """The reference run asked for steps 3-4 (config.profile_steps): one trace, in its work
+  directory, that TensorBoard/XProf open (xplane.pb) and Perfetto opens (trace json)."""
+  import glob
+
+  reference = runs.reference_run()
+  profile = os.path.join(reference, "profile")
+  assert len(glob.glob(os.path.join(profile, "**", "*.xplane.pb"), recursive=True)) == 1
+  assert glob.glob(os.path.join(profile, "**", "perfetto_trace.json.gz"), recursive=True)

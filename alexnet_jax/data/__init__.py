@@ -2,6 +2,7 @@
 
 Sources (cfg.data.name):
   digits        scikit-learn's 8x8 handwritten digits, bundled, in memory (the offline default)
+  synthetic     random images and labels of the config's shape, numpy only (measuring machines)
   imagenet2012  tensorflow-datasets, prepared on first use from the ILSVRC2012 tars (manual_dir)
   folder        DIR/train/<class>/*, DIR/val/<class>/* or Tiny ImageNet (cfg.data.folder)
   other names   a prepared tensorflow-datasets image-classification dataset (cfg.data.data_dir)
@@ -25,8 +26,10 @@ from typing import Iterator
 
 import numpy as np
 
-from alexnet_jax.data import order
+from alexnet_jax.data import order, synthetic
 from alexnet_jax.data.info import DataError, DatasetInfo
+
+VIEWS = ("center", "10crop")  # evaluation: the central crop, or the paper's 10 views
 
 __all__ = ["DataError", "DatasetInfo", "dataset_info", "steps_per_epoch", "train_iterator",
            "eval_iterator", "num_eval_batches"]
@@ -63,7 +66,10 @@ def _shards(shard_index, shard_count) -> tuple[int, int]:
 
 def dataset_info(cfg) -> DatasetInfo:
   """Classes and split sizes; num_examples has the config's train and eval splits (and more)."""
-  return _open_source(cfg).dataset_info((cfg.data.train_split, cfg.data.eval_split))
+  splits = (cfg.data.train_split, cfg.data.eval_split)
+  if cfg.data.name == "synthetic":
+    return synthetic.dataset_info(cfg, splits)
+  return _open_source(cfg).dataset_info(splits)
 
 
 def steps_per_epoch(cfg, info: DatasetInfo) -> int:
@@ -83,11 +89,14 @@ def train_iterator(cfg, *, start_step: int = 0, shard_index: int | None = None,
   Order and augmentation are functions of (cfg.seed, epoch, example), so a run resumed at
   `start_step` sees exactly the batches an uninterrupted run sees from that step.
   """
-  from alexnet_jax.data import pipeline
-
   shard_index, shard_count = _shards(shard_index, shard_count)
   order.local_batch_size(cfg.batch_size, shard_count)  # fail now, not at the first batch
   steps = steps_per_epoch(cfg, dataset_info(cfg))
+  if cfg.data.name == "synthetic":  # numpy only: no TensorFlow
+    return synthetic.train_iterator(cfg, start_step=start_step, shard_index=shard_index,
+                                    shard_count=shard_count)
+  from alexnet_jax.data import pipeline
+
   split = _open_source(cfg).split(cfg.data.train_split, pipeline.split_options(cfg))
   return pipeline.train_iterator(cfg, split, start_step=start_step, steps_per_epoch=steps,
                                  shard_index=shard_index, shard_count=shard_count)
@@ -101,11 +110,17 @@ def eval_iterator(cfg, split: str | None = None, *, views: str = "center",
   Over the blocks of a batch every example appears once with mask True; the last batches are padded
   with mask False so that every process yields the same number of batches.
   """
-  from alexnet_jax.data import pipeline
-
   shard_index, shard_count = _shards(shard_index, shard_count)
   global_batch = batch_size or cfg.eval_batch_size
   order.local_batch_size(global_batch, shard_count)
+  if views not in VIEWS:
+    raise DataError(f"views={views!r}: use one of {', '.join(VIEWS)}")
+  if cfg.data.name == "synthetic":  # numpy only: no TensorFlow
+    return synthetic.eval_iterator(cfg, split or cfg.data.eval_split, views=views,
+                                   global_batch=global_batch, shard_index=shard_index,
+                                   shard_count=shard_count)
+  from alexnet_jax.data import pipeline
+
   pipeline.make_eval_example(cfg.data.crop_size, views)  # rejects unknown views early
   data_split = _open_source(cfg).split(split or cfg.data.eval_split, pipeline.split_options(cfg))
   batches = pipeline.eval_batches(cfg, data_split, views=views, global_batch=global_batch,

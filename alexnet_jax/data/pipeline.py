@@ -20,7 +20,7 @@ from alexnet_jax.data._tf import AUTOTUNE, tf
 from alexnet_jax.data.info import DataError
 from alexnet_jax.data.splits import SplitOptions
 
-VIEWS = ("center", "10crop")
+from alexnet_jax.data import VIEWS
 
 
 def split_options(cfg) -> SplitOptions:
