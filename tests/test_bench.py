@@ -9,6 +9,7 @@ import types
 import pytest
 
 from alexnet_jax import bench, cli, flops
+from alexnet_jax.data import synthetic
 from alexnet_jax.configlib import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def test_result_figures():
 
 def test_synthetic_batch_has_the_pipelines_shapes():
   cfg = base_config()
-  batch = bench.synthetic_batch(cfg, 4)
+  batch = synthetic.synthetic_batch(cfg, 4)
   assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == "uint8"
   assert batch["label"].dtype == "int32" and batch["label"].max() < cfg.model.num_classes
   assert batch["mask"].all() and batch["rgb_shift"].shape == (4, 3)

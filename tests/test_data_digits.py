@@ -220,7 +220,7 @@ def test_ten_crop_views_against_numpy():
 def test_errors_are_data_errors_raised_up_front():
   with pytest.raises(data.DataError, match="no split 'bogus'"):
     data.dataset_info(make_cfg(eval_split="bogus"))
-  with pytest.raises(data.DataError, match="multiple of the process count"):
+  with pytest.raises(data.DataError, match="must be a positive multiple of 3"):
     data.train_iterator(make_cfg(), shard_index=0, shard_count=3)  # 64 / 3
   with pytest.raises(data.DataError, match="views"):
     data.eval_iterator(make_cfg(), views="5crop", shard_index=0, shard_count=1)
