@@ -59,24 +59,21 @@ def cmd_train(args, overrides: list[str]) -> int:
 
   distributed.initialize(args)  # before any other JAX call
 
-  import jax
-
-  from alexnet_jax import checkpoint, train
+  from alexnet_jax import checkpoint, train, workdir as workdir_lib
 
   cfg = load_config(args.config, overrides)
   workdir = args.workdir or default_workdir(args.config)
-  check_workdir(workdir, cfg)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    # Written whole and renamed: another process checking the directory never reads half a file.
-    with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
-      f.write(configlib.to_json(cfg))
-    os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
   try:
-    result = train.train_and_evaluate(cfg, workdir)
+    # Checks the whole config first: a refused command writes nothing into the directory.
+    with workdir_lib.open_run(cfg, workdir):
+      result = train.train_and_evaluate(cfg, workdir)
   except checkpoint.Interrupted as e:
     print(f"{e}. To resume, run the same command again: {_command_line()}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGTERM)  # what a shell reports for a signal: not success
+  except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a checkpoint
+    print(f"error: stopped at once by a second Ctrl-C; {_last_checkpoint(workdir)}. To resume "
+          f"from it, run the same command again: {_command_line()}", file=sys.stderr)
+    return 128 + signal.SIGINT
   except (train.NonFiniteLoss, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -88,30 +85,26 @@ def cmd_train(args, overrides: list[str]) -> int:
   return 0
 
 
+def _last_checkpoint(workdir: str) -> str:
+  directory = os.path.join(workdir, "checkpoints")
+  try:
+    steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    steps = []
+  if not steps:
+    return "no checkpoint was written yet"
+  return f"the last checkpoint is {os.path.join(directory, str(steps[-1]))}"
+
+
 def _command_line() -> str:
-  argv = list(sys.argv) or ["launch.py"]
-  argv = (["python"] + argv) if argv[0].endswith(".py") else [os.path.basename(argv[0])] + argv[1:]
-  return shlex.join(argv)
+  from alexnet_jax import workdir as workdir_lib
+  return workdir_lib.command_line()
 
 
 def check_workdir(workdir: str, cfg) -> None:
   """Resuming a different run into the same directory would mix two experiments: refuse."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = configlib.from_json(f.read())
-  for field in ("model", "data.name", "data.crop_size", "seed"):
-    a = old
-    b = cfg
-    for part in field.split("."):
-      a, b = a[part], b[part]
-    a = a.to_dict() if hasattr(a, "to_dict") else a
-    b = b.to_dict() if hasattr(b, "to_dict") else b
-    if a != b:
-      raise configlib.ConfigError(
-          f"work directory {workdir} holds a run with a different config.{field} "
-          f"({a!r} there, {b!r} now); pass another --workdir to start a new run")
+  from alexnet_jax import workdir as workdir_lib
+  workdir_lib.check_run(workdir, cfg)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -202,8 +195,26 @@ from alexnet_jax.experiments.commands import COMMANDS as _EXPERIMENT_COMMANDS  #
 COMMANDS.update(_EXPERIMENT_COMMANDS)
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (argparse's own prints the whole usage first)."""
+
+  def error(self, message: str):
+    self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
+def positive_int(text: str) -> int:
+  """An argparse type: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="launch.py", description="AlexNet in JAX: train, evaluate, export, compare, bench.",
       epilog="With no command, runs `train` on the offline default (configs/default.py).")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -248,11 +259,42 @@ def main(argv: list[str] | None = None) -> int:
   command = COMMANDS[args.command][0]
   try:
     return command(args, overrides)
-  except (configlib.ConfigError, ValueError) as e:
-    if not _is_user_error(e):
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (which handles its own)
+    print("error: interrupted by Ctrl-C; nothing was left half-written", file=sys.stderr)
+    return 128 + signal.SIGINT
+  except Exception as e:  # noqa: BLE001 (re-raised unless it is the user's to fix)
+    message = _user_error(e)
+    if message is None:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def _user_error(e: BaseException) -> str | None:
+  """The one line to print for an error the user can fix, or None for a bug (a traceback)."""
+  from alexnet_jax import workdir as workdir_lib
+
+  if isinstance(e, configlib.ConfigError):
+    return str(e)
+  full = _disk_full_cause(e)
+  if full is not None:  # a full disk anywhere below (Orbax wraps it in its own errors)
+    return workdir_lib.full_message(str(full.filename or "."),
+                                    what="" if full.filename else "a file")
+  if isinstance(e, ValueError) and _is_user_error(e):
+    return str(e)
+  return None
+
+
+def _disk_full_cause(e: BaseException | None) -> OSError | None:
+  import errno
+
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def _is_user_error(e: Exception) -> bool:
