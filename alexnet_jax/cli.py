@@ -124,9 +124,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_compare(args, overrides: list[str]) -> int:
-  from alexnet_jax import compare
+  from alexnet_jax import compare, workdir as workdir_lib
 
-  return compare.cmd_compare(args, overrides)
+  load_config(args.config, overrides)  # a config that does not load creates no directory
+  with workdir_lib.locked(args.workdir):  # two compares would interleave their tables
+    return compare.cmd_compare(args, overrides)
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
@@ -229,6 +231,49 @@ def setup_logging() -> None:
                       datefmt="%H:%M:%S", stream=sys.stderr)
   for noisy in ("absl", "jax", "orbax", "tensorflow", "etils"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  for name in ("absl", "asyncio"):
+    if not any(isinstance(f, _CheckpointNoise) for f in logging.getLogger(name).filters):
+      logging.getLogger(name).addFilter(_CheckpointNoise())
+  _quiet_unraisable()
+
+
+class _CheckpointNoise(logging.Filter):
+  """Orbax's background threads log a full disk with a whole traceback each (hundreds of lines),
+  and asyncio the reads of a damaged checkpoint abandoned when its first read failed; the command
+  reports both once, in one line (checkpoint.Checkpointer)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+      return False
+    return not ("exception was never retrieved" in text and "OCDBT" in text)
+
+
+def _quiet_unraisable() -> None:
+  """Drop the harmless 'exceptions ignored' that read like a crash when a checkpoint read or
+  write fails (dozens when a damaged checkpoint is skipped): TensorStore completing a read after
+  Orbax closed the event loop that asked for it, Orbax's abandoned coroutines being finalised
+  (also while Python shuts down). The failure itself is reported once. Everything else goes to
+  the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "alexnet_jax", False):
+    return
+
+  def hook(unraisable):
+    e, obj = unraisable.exc_value, unraisable.object
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    if isinstance(e, ImportError) and "Python is likely shutting down" in str(e):
+      return
+    code = getattr(obj, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return
+    previous(unraisable)
+
+  hook.alexnet_jax = True
+  sys.unraisablehook = hook
 
 
 def entry_point() -> int:
