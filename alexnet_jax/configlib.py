@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activation = "relu"  # relu | tanh
   c.model.dropout = 0.5
   c.model.width = 1.0  # multiplies every layer's channel count (tests, ablations)
+  # paper/paper6 are the 2012 network at 227 px only; true builds them at another crop anyway
+  # (another network: fc6's input size, and so the parameter count, change).
+  c.model.allow_other_input_size = False
   c.model.init = "default"  # default (the variant's own) | paper | pytorch | he
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
   c.model.tower_impl = "unrolled"  # unrolled (one conv per tower) | vmap (one grouped conv)
@@ -278,7 +281,8 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
 
   try:
     variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
-    model_lib.check_options(variant, opts)
+    model_lib.check_options(variant, opts,
+                            other_input_size=cfg.model.get("allow_other_input_size", False))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -324,6 +328,32 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+
+
+def describe_model_choices(cfg: ml_collections.ConfigDict) -> list[str]:
+  """Log lines on what the config builds that the config's fields alone do not say: the
+  convolution implementation "auto" resolves to, and the parameter count of a paper network
+  built at another input size on purpose."""
+  import jax
+  from flax import nnx
+
+  from alexnet_jax import model as model_lib
+
+  m = cfg.model
+  impl = model_lib.resolve_conv_impl(m.conv_impl)
+  names = {"xla": "XLA's convolutions", "onednn": "oneDNN through XLA:CPU's custom call"}
+  how = (f"config.model.conv_impl=auto on {jax.device_count()} {jax.default_backend()} "
+         f"device{'s' if jax.device_count() > 1 else ''}") if m.conv_impl == "auto" else (
+             f"config.model.conv_impl={m.conv_impl}")
+  lines = [f"convolutions: {names.get(impl, impl)} ({how})"]
+  variant = model_lib.VARIANTS.get(m.name)
+  if m.get("allow_other_input_size") and variant and cfg.data.crop_size != variant.input_size:
+    count = lambda size: model_lib.count_params(nnx.eval_shape(
+        lambda: model_lib.create_model(m, size, nnx.Rngs(0))))
+    lines.append(f"model {m.name} at {cfg.data.crop_size} px (config.model.allow_other_input_size)"
+                 f": {count(cfg.data.crop_size):,} parameters; at its own "
+                 f"{variant.input_size} px it has {count(variant.input_size):,}")
+  return lines
 
 
 def check_against_dataset(cfg: ml_collections.ConfigDict, info) -> None:

@@ -29,10 +29,13 @@ import os
 import shlex
 import socket
 import sys
+import logging
 import time
 from typing import Iterator
 
 from alexnet_jax import configlib
+
+log = logging.getLogger("alexnet_jax.workdir")
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
@@ -301,6 +304,9 @@ def open_run(cfg, workdir: str) -> Iterator[None]:
   check_config(cfg)
   check_run(workdir, cfg)
   is_main = jax.process_index() == 0
+  if is_main:
+    for line in configlib.describe_model_choices(cfg):
+      log.info("%s", line)
   with locked(workdir, enabled=is_main):
     if is_main:
       check_run(workdir, cfg)  # again under the lock: another run may have started meanwhile
