@@ -239,11 +239,13 @@ def setup_logging() -> None:
 
 class _CheckpointNoise(logging.Filter):
   """Orbax's background threads log a full disk with a whole traceback each (hundreds of lines),
-  and asyncio the reads of a damaged checkpoint abandoned when its first read failed; the command
-  reports both once, in one line (checkpoint.Checkpointer)."""
+  Orbax a Ctrl-C that came while it waited for a save, and asyncio the reads of a damaged
+  checkpoint abandoned when its first read failed; the command reports each once, in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     text = record.getMessage()
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+      return False  # a second Ctrl-C while Orbax waited for a save: reported by cmd_train
     if record.exc_info and record.exc_info[1] is not None:
       text += str(record.exc_info[1])
     if "No space left on device" in text or "Disk quota exceeded" in text:
