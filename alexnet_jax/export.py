@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import classnames
 from alexnet_jax import configlib
 from alexnet_jax import safetensors_io
@@ -149,6 +148,7 @@ def describe(cfg) -> str:
 
 def from_workdir(workdir: str, checkpoint: str = "latest") -> LoadedModel:
   """The parameters of a work directory's checkpoint: "latest", "best" or a step number."""
+  from alexnet_jax import checkpoint as ckpt_lib  # Orbax: only when a run is read
   from alexnet_jax import optim, train
 
   config_path = os.path.join(workdir, "config.json")
