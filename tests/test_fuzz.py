@@ -41,10 +41,12 @@ def snapshot(directory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """A finished 4-step run and its parameters exported next to it (not inside it)."""
+  """A finished 4-step run (checkpoints at steps 2 and 4) and its parameters exported next to it
+  (not inside it)."""
   root = tmp_path_factory.mktemp("fuzz")
   run = str(root / "run")
-  assert cli.main(["train", "--config", TEST_CONFIG, "--workdir", run, *SHORT]) == 0
+  assert cli.main(["train", "--config", TEST_CONFIG, "--workdir", run, *SHORT,
+                   "--config.checkpoint_every_steps=2"]) == 0
   params = str(root / "params.safetensors")
   assert cli.main(["export", "--workdir", run, "--out", params]) == 0
   return {"root": root, "run": run, "params": params}

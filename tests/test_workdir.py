@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -208,3 +209,53 @@ def test_a_full_disk_while_logging_is_one_line_naming_the_file(tmp_path):
   with pytest.raises(W.DiskFull, match=r"metrics.jsonl \(needs about \d+ bytes"):
     writer.write(1, "train", {"loss": 1.0})
   assert metric_writer.FILENAME == "metrics.jsonl"
+
+
+# --- Orbax's leftovers are not printed as crashes ---------------------------------------------
+
+
+def test_orbax_leftovers_are_dropped_and_other_unraisables_kept(monkeypatch):
+  """What a damaged checkpoint's abandoned reads leave (sometimes dozens, depending on timing)
+  is dropped; any other 'exception ignored' still reaches the previous hook."""
+  from alexnet_jax import cli
+
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+  cli._quiet_unraisable()
+  cli._quiet_unraisable()  # idempotent: not wrapped twice
+
+  # Only its code object's file matters: a coroutine of Orbax's serialization module.
+  orbax_coroutine = types.SimpleNamespace(cr_code=compile(
+      "pass", os.path.join("site-packages", "orbax", "serialization.py"), "exec"))
+
+  def unraisable(exc, obj=None):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
+                                             exc_traceback=None, err_msg=None, object=obj))
+
+  unraisable(RuntimeError("Event loop is closed"))
+  unraisable(ImportError("sys.meta_path is None, Python is likely shutting down"))
+  unraisable(Exception("Encountered error while reading array index"), orbax_coroutine)
+  assert seen == []
+  other = ValueError("a real problem")
+  unraisable(other)
+  unraisable(RuntimeError("Event loop is running"))
+  assert seen[0] is other and len(seen) == 2
+
+
+def test_orbax_log_noise_is_filtered_and_other_records_kept():
+  from alexnet_jax import cli
+
+  def record(message, exc=None, name="absl"):
+    return logging.LogRecord(name, logging.ERROR, __file__, 1, message, (),
+                             (type(exc), exc, None) if exc else None)
+
+  noise = cli._CheckpointNoise()
+  assert not noise.filter(record("thread failed", ValueError(
+      "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']")))
+  assert not noise.filter(record("Save Finalize thread failed", KeyboardInterrupt()))
+  assert not noise.filter(record("Future exception was never retrieved\nfuture: <Future "
+                                 "exception=ValueError('FAILED_PRECONDITION: Error reading in "
+                                 "OCDBT database')>", name="asyncio"))
+  assert noise.filter(record("Future exception was never retrieved: something else",
+                             name="asyncio"))
+  assert noise.filter(record("thread failed", ValueError("a real problem")))
