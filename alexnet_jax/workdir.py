@@ -145,8 +145,10 @@ def check_usable(workdir: str) -> None:
     raise WorkdirError(f"work directory {workdir} is a file, not a directory; pass another "
                        "--workdir")
   if os.path.isdir(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
-    raise WorkdirError(f"work directory {workdir} is not writable by this user; fix its "
-                       "permissions or pass another --workdir")
+    why = ("on a read-only filesystem" if os.statvfs(workdir).f_flag & os.ST_RDONLY
+           else "not writable by this user")
+    raise WorkdirError(f"work directory {workdir} is {why}; fix its permissions or pass "
+                       "another --workdir")
 
 
 def read_config(workdir: str):
