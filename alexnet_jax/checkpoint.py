@@ -25,6 +25,8 @@ saved under one strategy or mesh resumes under another.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import gc
 import json
 import logging
 import os
@@ -69,6 +71,8 @@ class Checkpointer:
     self._clock = clock
     self.read_only = read_only
     self._last_save_time = clock()
+    self._writing: tuple[int, int] | None = None  # (step, bytes) of the last save started
+    self._failed = False  # a save failed and was reported: close() does not report it again
     keepers = [policies.LatestN(n=keep)]
     if keep_best:  # descending error: BestN keeps the end of the order, the lowest error
       keepers.append(policies.BestN(get_metric_fn=_error, reverse=True, n=1,
@@ -142,16 +146,54 @@ class Checkpointer:
     return sync_point and any_process(late)
 
   def save(self, step: int, state: Any, meta: dict, *, metrics: dict | None = None) -> bool:
-    """Start an asynchronous save of `state` at `step`; False if that step is already saved."""
+    """Start an asynchronous save of `state` at `step`; False if that step is already saved.
+
+    A full disk is workdir.DiskFull naming the checkpoint and the space it needs, raised before
+    the write starts when the free space is already short, else from the write (here, from
+    `wait` or `close`); either way the previous checkpoint is untouched (a step is written under
+    a temporary name and renamed only when complete).
+    """
     if self.read_only:
       raise CheckpointError(f"{self.directory} was opened read-only")
     if step in self.manager.all_steps():
       return False
+    needed = _state_bytes(state)
+    free = _free_bytes(self.directory)
+    if free is not None and free < needed:
+      self.wait()  # a save still in flight is finished (or reported) first
+      self._writing = (step, needed)
+      raise self._disk_full()
     self._last_save_time = self._clock()
-    return self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
-                                      meta=ocp.args.JsonSave(meta)),
-        metrics=metrics or {}, force=True)  # {}: not evaluated, ranked last by _error
+    try:
+      started = self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
+                                        meta=ocp.args.JsonSave(meta)),
+          metrics=metrics or {}, force=True)  # {}: not evaluated, ranked last by _error
+    except Exception as e:  # noqa: BLE001 (the previous save's failure surfaces here)
+      if not _is_disk_full(e):
+        raise
+      raise self._disk_full() from None
+    self._writing = (step, needed)
+    return started
+
+  def _disk_full(self) -> Exception:
+    """The one-line error for a save that found the disk full."""
+    from alexnet_jax import workdir
+
+    self._failed = True
+    gc.collect()  # the failed write's coroutines, finalised now rather than noisily at exit
+    step, needed = self._writing or (None, 0)
+    done = [s for s in self._finished_steps() if s != step]
+    resume = (f"training resumes from {self._step_dir(done[-1])}, which is intact" if done
+              else "no checkpoint was completed yet")
+    what = f"checkpoint {self._step_dir(step)}" if step is not None else self.directory
+    return workdir.DiskFull(workdir.full_message(self.directory, needed, what) + f"; {resume}")
+
+  def _finished_steps(self) -> list[int]:
+    try:
+      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    except OSError:
+      return []
 
   # --- restoring ---
 
@@ -256,11 +298,50 @@ class Checkpointer:
   # --- lifetime ---
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      if not _is_disk_full(e):
+        raise
+      if not self._failed:
+        raise self._disk_full() from None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception as e:  # noqa: BLE001 (a failure already reported by wait)
+        if not (self._failed and _is_disk_full(e)):
+          raise
+
+
+def _state_bytes(state: Any) -> int:
+  """What a checkpoint of `state` takes on disk, about: its arrays' bytes plus Orbax's metadata."""
+  return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state)) + 64 * 1024
+
+
+def _free_bytes(directory: str) -> int | None:
+  from alexnet_jax import workdir
+  try:
+    return workdir.free_bytes(directory)
+  except OSError:
+    return None
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+  """Whether `e` (or what caused it) is a write that found no space. TensorStore reports it as a
+  ValueError "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
 
 
 def _error(metrics) -> float:

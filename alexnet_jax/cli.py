@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -59,24 +58,21 @@ def cmd_train(args, overrides: list[str]) -> int:
 
   distributed.initialize(args)  # before any other JAX call
 
-  import jax
-
-  from alexnet_jax import checkpoint, train
+  from alexnet_jax import checkpoint, train, workdir as workdir_lib
 
   cfg = load_config(args.config, overrides)
   workdir = args.workdir or default_workdir(args.config)
-  check_workdir(workdir, cfg)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    # Written whole and renamed: another process checking the directory never reads half a file.
-    with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
-      f.write(configlib.to_json(cfg))
-    os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
   try:
-    result = train.train_and_evaluate(cfg, workdir)
+    # Checks the whole config first: a refused command writes nothing into the directory.
+    with workdir_lib.open_run(cfg, workdir):
+      result = train.train_and_evaluate(cfg, workdir)
   except checkpoint.Interrupted as e:
     print(f"{e}. To resume, run the same command again: {_command_line()}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGTERM)  # what a shell reports for a signal: not success
+  except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a checkpoint
+    print(f"error: stopped at once by a second Ctrl-C; {_last_checkpoint(workdir)}. To resume "
+          f"from it, run the same command again: {_command_line()}", file=sys.stderr)
+    return 128 + signal.SIGINT
   except (train.NonFiniteLoss, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -88,30 +84,26 @@ def cmd_train(args, overrides: list[str]) -> int:
   return 0
 
 
+def _last_checkpoint(workdir: str) -> str:
+  directory = os.path.join(workdir, "checkpoints")
+  try:
+    steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    steps = []
+  if not steps:
+    return "no checkpoint was written yet"
+  return f"the last checkpoint is {os.path.join(directory, str(steps[-1]))}"
+
+
 def _command_line() -> str:
-  argv = list(sys.argv) or ["launch.py"]
-  argv = (["python"] + argv) if argv[0].endswith(".py") else [os.path.basename(argv[0])] + argv[1:]
-  return shlex.join(argv)
+  from alexnet_jax import workdir as workdir_lib
+  return workdir_lib.command_line()
 
 
 def check_workdir(workdir: str, cfg) -> None:
   """Resuming a different run into the same directory would mix two experiments: refuse."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = configlib.from_json(f.read())
-  for field in ("model", "data.name", "data.crop_size", "seed"):
-    a = old
-    b = cfg
-    for part in field.split("."):
-      a, b = a[part], b[part]
-    a = a.to_dict() if hasattr(a, "to_dict") else a
-    b = b.to_dict() if hasattr(b, "to_dict") else b
-    if a != b:
-      raise configlib.ConfigError(
-          f"work directory {workdir} holds a run with a different config.{field} "
-          f"({a!r} there, {b!r} now); pass another --workdir to start a new run")
+  from alexnet_jax import workdir as workdir_lib
+  workdir_lib.check_run(workdir, cfg)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -129,10 +121,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_compare(args, overrides: list[str]) -> int:
-  from alexnet_jax import compare, distributed
+  from alexnet_jax import compare, distributed, workdir as workdir_lib
 
   distributed.initialize(args)  # before any other JAX call
-  return compare.cmd_compare(args, overrides)
+  import jax
+
+  load_config(args.config, overrides)  # a config that does not load creates no directory
+  # Two compares would interleave their tables; process 0 alone writes them.
+  with workdir_lib.locked(args.workdir, enabled=jax.process_index() == 0):
+    return compare.cmd_compare(args, overrides)
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
@@ -210,8 +207,26 @@ from alexnet_jax.experiments.commands import COMMANDS as _EXPERIMENT_COMMANDS  #
 COMMANDS.update(_EXPERIMENT_COMMANDS)
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (argparse's own prints the whole usage first)."""
+
+  def error(self, message: str):
+    self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
+def positive_int(text: str) -> int:
+  """An argparse type: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="launch.py", description="AlexNet in JAX: train, evaluate, export, compare, bench.",
       epilog="With no command, runs `train` on the offline default (configs/default.py).")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -226,6 +241,51 @@ def setup_logging() -> None:
                       datefmt="%H:%M:%S", stream=sys.stderr)
   for noisy in ("absl", "jax", "orbax", "tensorflow", "etils"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  for name in ("absl", "asyncio"):
+    if not any(isinstance(f, _CheckpointNoise) for f in logging.getLogger(name).filters):
+      logging.getLogger(name).addFilter(_CheckpointNoise())
+  _quiet_unraisable()
+
+
+class _CheckpointNoise(logging.Filter):
+  """Orbax's background threads log a full disk with a whole traceback each (hundreds of lines),
+  Orbax a Ctrl-C that came while it waited for a save, and asyncio the reads of a damaged
+  checkpoint abandoned when its first read failed; the command reports each once, in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+      return False  # a second Ctrl-C while Orbax waited for a save: reported by cmd_train
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+      return False
+    return not ("exception was never retrieved" in text and "OCDBT" in text)
+
+
+def _quiet_unraisable() -> None:
+  """Drop the harmless 'exceptions ignored' that read like a crash when a checkpoint read or
+  write fails (dozens when a damaged checkpoint is skipped): TensorStore completing a read after
+  Orbax closed the event loop that asked for it, Orbax's abandoned coroutines being finalised
+  (also while Python shuts down). The failure itself is reported once. Everything else goes to
+  the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "alexnet_jax", False):
+    return
+
+  def hook(unraisable):
+    e, obj = unraisable.exc_value, unraisable.object
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    if isinstance(e, ImportError) and "Python is likely shutting down" in str(e):
+      return
+    code = getattr(obj, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return
+    previous(unraisable)
+
+  hook.alexnet_jax = True
+  sys.unraisablehook = hook
 
 
 def entry_point() -> int:
@@ -257,11 +317,42 @@ def main(argv: list[str] | None = None) -> int:
   command = COMMANDS[args.command][0]
   try:
     return command(args, overrides)
-  except (configlib.ConfigError, ValueError) as e:
-    if not _is_user_error(e):
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (which handles its own)
+    print("error: interrupted by Ctrl-C; nothing was left half-written", file=sys.stderr)
+    return 128 + signal.SIGINT
+  except Exception as e:  # noqa: BLE001 (re-raised unless it is the user's to fix)
+    message = _user_error(e)
+    if message is None:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def _user_error(e: BaseException) -> str | None:
+  """The one line to print for an error the user can fix, or None for a bug (a traceback)."""
+  from alexnet_jax import workdir as workdir_lib
+
+  if isinstance(e, configlib.ConfigError):
+    return str(e)
+  full = _disk_full_cause(e)
+  if full is not None:  # a full disk anywhere below (Orbax wraps it in its own errors)
+    return workdir_lib.full_message(str(full.filename or "."),
+                                    what="" if full.filename else "a file")
+  if isinstance(e, ValueError) and _is_user_error(e):
+    return str(e)
+  return None
+
+
+def _disk_full_cause(e: BaseException | None) -> OSError | None:
+  import errno
+
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def _is_user_error(e: Exception) -> bool:

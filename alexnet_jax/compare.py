@@ -372,11 +372,18 @@ def markdown(results: Sequence[Result], title: str) -> str:
   return out.getvalue()
 
 
-def plot(results: Sequence[Result], path: str, title: str) -> None:
+CPU_CAVEAT = ("CPU devices: the step times are not speeds (the devices are threads sharing the "
+              "host's cores); compare memory and communication")
+
+
+def plot(results: Sequence[Result], path: str, title: str, *, cpu: bool | None = None) -> None:
+  """The chart; `cpu` (default: JAX's backend is the CPU) marks the step times as not speeds."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  if cpu is None:
+    cpu = jax.default_backend() == "cpu"
   names = [f"{r.strategy}\n{r.mesh}" for r in results]
   x = np.arange(len(results))
   fig, axes = plt.subplots(1, 3, figsize=(4 + 3.2 * len(results), 4.2))
@@ -384,7 +391,8 @@ def plot(results: Sequence[Result], path: str, title: str) -> None:
   lo = med - np.array([np.percentile(r.step_ms, 10) for r in results])
   hi = np.array([np.percentile(r.step_ms, 90) for r in results]) - med
   axes[0].bar(x, med, yerr=[lo, hi], capsize=4, color="tab:blue")
-  axes[0].set_title("step time (ms; median, p10-p90)")
+  axes[0].set_title("step time (ms; median, p10-p90)" + ("\nCPU: not a speed" if cpu else ""),
+                    color="tab:red" if cpu else "black")
   mib = 1024 ** 2
   w = 0.27
   axes[1].bar(x - w, [r.params_bytes / mib for r in results], w, label="params")
@@ -400,7 +408,9 @@ def plot(results: Sequence[Result], path: str, title: str) -> None:
   for ax in axes:
     ax.set_xticks(x, names, fontsize=8)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  if cpu:
+    fig.text(0.5, 0.005, CPU_CAVEAT, ha="center", va="bottom", fontsize=8, color="tab:red")
+  fig.tight_layout(rect=(0, 0.04 if cpu else 0, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activation = "relu"  # relu | tanh
   c.model.dropout = 0.5
   c.model.width = 1.0  # multiplies every layer's channel count (tests, ablations)
+  # paper/paper6 are the 2012 network at 227 px only; true builds them at another crop anyway
+  # (another network: fc6's input size, and so the parameter count, change).
+  c.model.allow_other_input_size = False
   c.model.init = "default"  # default (the variant's own) | paper | pytorch | he
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
   c.model.tower_impl = "unrolled"  # unrolled (one conv per tower) | vmap (one grouped conv)
@@ -121,16 +124,96 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """Load `configs/X.py` (optionally `configs/X.py:arg`) and return its get_config(arg)."""
+  """Load `configs/X.py` (optionally `configs/X.py:arg`) and return its get_config(arg).
+
+  Whatever is wrong with the file (a syntax error, no get_config, an argument it does not
+  take, an exception of its own) is a ConfigError naming the file and the line.
+  """
   path, _, arg = path.partition(":")
   if not os.path.exists(path):
     raise ConfigError(f"config file {path!r} does not exist; pass --config configs/<name>.py")
-  spec = importlib.util.spec_from_file_location("_alexnet_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config(arg) if arg else module.get_config()
+  if not os.path.isfile(path):
+    raise ConfigError(f"config {path!r} is not a file; pass --config configs/<name>.py")
+  try:
+    spec = importlib.util.spec_from_file_location("_alexnet_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path} has a syntax error at line {e.lineno}: {e.msg}; fix "
+                      "the file") from None
+  except Exception as e:  # noqa: BLE001 (anything the file runs: NameError, ImportError, ...)
+    raise ConfigError(f"config file {path} failed to load{_where(e, path)}: "
+                      f"{type(e).__name__}: {_one_line(e)}; fix the file") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"config file {path} has no get_config() function; a config file defines "
+                      "get_config() returning a ConfigDict (see configs/default.py)")
+  takes_arg = _takes_argument(get_config)
+  if arg and takes_arg is False:
+    raise ConfigError(f"--config {path}:{arg}: this config's get_config() takes no argument; "
+                      f"drop ':{arg}'")
+  try:
+    cfg = get_config(arg) if arg else get_config()
+  except TypeError as e:
+    if not arg and takes_arg:
+      raise ConfigError(f"--config {path}: its get_config() needs an argument; write "
+                        f"--config {path}:VALUE") from None
+    raise ConfigError(f"config file {path}: get_config() failed{_where(e, path)}: "
+                      f"TypeError: {_one_line(e)}; fix the file") from None
+  except Exception as e:  # noqa: BLE001
+    call = f"get_config({arg!r})" if arg else "get_config()"
+    raise ConfigError(f"config file {path}: {call} failed{_where(e, path)}: "
+                      f"{type(e).__name__}: {_one_line(e)}; fix the file") from None
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {path}: get_config() returned a {type(cfg).__name__}, not an "
+                      "ml_collections.ConfigDict; start from configlib.base_config()")
+  missing = _missing_fields(cfg, base_config())
+  if missing:
+    raise ConfigError(f"config file {path}: get_config() lacks config.{missing}; start from "
+                      "configlib.base_config(), which has every field")
   cfg.lock()  # a misspelt override must fail, not silently add a field
   return cfg
+
+
+def _missing_fields(cfg, base, prefix: str = "") -> str | None:
+  """The first field of `base` that `cfg` lacks (dotted), or None."""
+  for key, value in base.items():
+    if key not in cfg:
+      return prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      if not isinstance(cfg[key], ml_collections.ConfigDict):
+        return prefix + key
+      missing = _missing_fields(cfg[key], value, f"{prefix}{key}.")
+      if missing:
+        return missing
+  return None
+
+
+def _takes_argument(fn) -> bool | None:
+  """Whether `fn` accepts one positional argument (None: cannot tell)."""
+  import inspect
+  try:
+    inspect.signature(fn).bind("x")
+    return True
+  except TypeError:
+    return False
+  except ValueError:
+    return None
+
+
+def _where(e: BaseException, path: str) -> str:
+  """' (line N)' of the deepest frame of `e` inside the config file, or ''."""
+  tb, line = e.__traceback__, None
+  while tb is not None:
+    if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+      line = tb.tb_lineno
+    tb = tb.tb_next
+  return f" (line {line})" if line else ""
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _parse_value(text: str, current: Any) -> Any:
@@ -207,7 +290,8 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
 
   try:
     variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
-    model_lib.check_options(variant, opts)
+    model_lib.check_options(variant, opts,
+                            other_input_size=cfg.model.get("allow_other_input_size", False))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -251,6 +335,32 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
     if not ok:
       raise ConfigError(message)
   profiling.parse(cfg.profile_steps)  # ConfigError naming the field
+
+
+def describe_model_choices(cfg: ml_collections.ConfigDict) -> list[str]:
+  """Log lines on what the config builds that the config's fields alone do not say: the
+  convolution implementation "auto" resolves to, and the parameter count of a paper network
+  built at another input size on purpose."""
+  import jax
+  from flax import nnx
+
+  from alexnet_jax import model as model_lib
+
+  m = cfg.model
+  impl = model_lib.resolve_conv_impl(m.conv_impl)
+  names = {"xla": "XLA's convolutions", "onednn": "oneDNN through XLA:CPU's custom call"}
+  how = (f"config.model.conv_impl=auto on {jax.device_count()} {jax.default_backend()} "
+         f"device{'s' if jax.device_count() > 1 else ''}") if m.conv_impl == "auto" else (
+             f"config.model.conv_impl={m.conv_impl}")
+  lines = [f"convolutions: {names.get(impl, impl)} ({how})"]
+  variant = model_lib.VARIANTS.get(m.name)
+  if m.get("allow_other_input_size") and variant and cfg.data.crop_size != variant.input_size:
+    count = lambda size: model_lib.count_params(nnx.eval_shape(
+        lambda: model_lib.create_model(m, size, nnx.Rngs(0))))
+    lines.append(f"model {m.name} at {cfg.data.crop_size} px (config.model.allow_other_input_size)"
+                 f": {count(cfg.data.crop_size):,} parameters; at its own "
+                 f"{variant.input_size} px it has {count(variant.input_size):,}")
+  return lines
 
 
 def check_against_dataset(cfg: ml_collections.ConfigDict, info) -> None:

@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import classnames
 from alexnet_jax import configlib
 from alexnet_jax import safetensors_io
@@ -88,7 +87,13 @@ def model_config(model: dict, *, input_size: int, resize_size: int, mean, std):
 
 def expected_tensors(cfg) -> dict[str, jax.ShapeDtypeStruct]:
   """The tensors a model of `cfg` has, by file name, in the model's order."""
+  from alexnet_jax import model as model_lib
   from alexnet_jax import program  # heavy (flax, optax): only when needed
+
+  try:
+    model_lib.check_options(*model_lib.options_from_config(cfg.model, cfg.data.crop_size))
+  except ValueError as e:  # e.g. a torchvision file read with a config whose crop is too small
+    raise ExportError(f"{describe(cfg)} cannot be built: {e}") from None
 
   params, state = jax.eval_shape(program.model_fns(cfg).init, jax.random.key(0))
   return {**flatten(params, "params"), **flatten(state, "model_state")}
@@ -143,6 +148,7 @@ def describe(cfg) -> str:
 
 def from_workdir(workdir: str, checkpoint: str = "latest") -> LoadedModel:
   """The parameters of a work directory's checkpoint: "latest", "best" or a step number."""
+  from alexnet_jax import checkpoint as ckpt_lib  # Orbax: only when a run is read
   from alexnet_jax import optim, program
 
   config_path = os.path.join(workdir, "config.json")
@@ -232,8 +238,15 @@ def save(model: LoadedModel, path: str, *, dtype: str = "float32", layout: str =
     tensors = {**flatten(model.params, "params"), **flatten(model.model_state, "model_state")}
   tensors = cast_floats(tensors, DTYPES[dtype])
   meta = metadata(model, layout=layout, dtype=dtype)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  safetensors_io.save(path, tensors, meta, overwrite=overwrite)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    safetensors_io.save(path, tensors, meta, overwrite=overwrite)  # atomic: whole or nothing
+  except OSError as e:
+    from alexnet_jax import workdir
+    error = workdir.disk_error(e, path, sum(np.asarray(t).nbytes for t in tensors.values()))
+    if isinstance(error, workdir.DiskFull):
+      raise error from None
+    raise ExportError(f"cannot write {path} ({e.strerror or e}); pass another --out") from None
   return meta
 
 

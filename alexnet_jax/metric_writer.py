@@ -2,29 +2,48 @@
 
 TensorBoard files are written with tensorboardX, which needs no TensorFlow. Only process 0
 writes; other processes get a writer that does nothing.
+
+The metrics follow the checkpoint. A run resumed from the checkpoint at step S trains steps
+S+1, S+2, ... again, so `MetricWriter(..., resume_step=S)` first drops the records after S that
+the killed run had logged (TensorBoard gets the same as its `purge_step`): metrics.jsonl holds
+one history, not two interleaved ones. A last line cut short by a kill is removed, never
+appended to. Readers skip lines they cannot parse and say so.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import time
 from typing import Mapping
 
+log = logging.getLogger("alexnet_jax.metrics")
+
+FILENAME = "metrics.jsonl"
+
 
 class MetricWriter:
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
+    """resume_step: the step the run restarts from (0 for a fresh start); records logged after
+    it are dropped first. None keeps every record."""
     self.enabled = enabled
     self._tb = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    self.path = os.path.join(workdir, FILENAME)
+    repair(self.path, resume_step)
+    self._jsonl = open(self.path, "a", buffering=1)
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      tb_dir = os.path.join(workdir, "tb")
+      # purge_step: TensorBoard hides the older files' events at steps >= it.
+      resumed = resume_step is not None and os.path.isdir(tb_dir) and os.listdir(tb_dir)
+      self._tb = SummaryWriter(tb_dir, purge_step=resume_step + 1 if resumed else None)
     except ImportError:  # TensorBoard files are a convenience; JSON lines are the record
       self._tb = None
 
@@ -32,8 +51,12 @@ class MetricWriter:
     if not self.enabled:
       return
     clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": int(step), "split": split, "time": time.time(), **clean})
-                      + "\n")
+    line = json.dumps({"step": int(step), "split": split, "time": time.time(), **clean}) + "\n"
+    try:
+      self._jsonl.write(line)
+    except OSError as e:
+      from alexnet_jax import workdir
+      raise workdir.disk_error(e, self.path, len(line)) from None
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
@@ -41,15 +64,64 @@ class MetricWriter:
   def close(self) -> None:
     if not self.enabled:
       return
-    self._jsonl.close()
+    try:
+      self._jsonl.close()
+    except OSError as e:  # the last buffered line could not be written
+      if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise
     if self._tb is not None:
       self._tb.close()
 
 
+def parse_lines(text: str) -> tuple[list[dict], int]:
+  """(the records of a metrics.jsonl text, how many non-empty lines could not be parsed)."""
+  records, bad = [], 0
+  for line in text.splitlines():
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      int(record["step"])
+      str(record["split"])
+    except (ValueError, TypeError, KeyError):
+      bad += 1
+      continue
+    records.append(record)
+  return records, bad
+
+
+def repair(path: str, resume_step: int | None) -> None:
+  """Drop a cut-off last line, unparseable lines and, with `resume_step`, the records after it;
+  the file is rewritten atomically, and only if something is dropped."""
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    return
+  text = raw.decode("utf-8", errors="replace")
+  records, bad = parse_lines(text)
+  kept = [r for r in records if resume_step is None or int(r["step"]) <= resume_step]
+  cut_off = bool(text) and not text.endswith("\n")
+  if not bad and len(kept) == len(records) and not cut_off:
+    return
+  from alexnet_jax import workdir
+  workdir.write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+  if bad:
+    log.warning("%s: dropped %d line%s that could not be parsed (cut off by a kill?)", path, bad,
+                "" if bad == 1 else "s")
+  if len(kept) < len(records):
+    log.info("%s: dropped %d records after step %d, the step this run resumes from", path,
+             len(records) - len(kept), resume_step)
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of metrics.jsonl (later records of a resumed run come after earlier ones)."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  """All records of metrics.jsonl (later records of a resumed run come after earlier ones);
+  lines that cannot be parsed are skipped with a warning naming the file and their count."""
+  path = os.path.join(workdir, FILENAME)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path, "rb") as f:
+    records, bad = parse_lines(f.read().decode("utf-8", errors="replace"))
+  if bad:
+    log.warning("%s: skipped %d line%s that could not be parsed", path, bad, "" if bad == 1 else "s")
+  return records

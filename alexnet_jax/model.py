@@ -575,8 +575,13 @@ def options_from_config(model_cfg, input_size: int) -> tuple[Variant, Options]:
   return variant, opts
 
 
-def check_options(variant: Variant, opts: Options) -> None:
-  """Raise ValueError naming the config field for a combination that cannot work."""
+def check_options(variant: Variant, opts: Options, *, other_input_size: bool = True) -> None:
+  """Raise ValueError naming the config field for a combination that cannot work.
+
+  other_input_size=False (config validation passes config.model.allow_other_input_size):
+  the 2012 network at another crop than 227 is refused. It would still build, but as another
+  network (at 224 px fc6 reads 6,400 inputs instead of 9,216: 49.4 million parameters, not 61).
+  """
   checks = [
       (opts.norm in NORMS, f"config.model.norm={opts.norm!r}: choose default, {', '.join(NORMS)}"),
       (opts.pool in POOLS, f"config.model.pool={opts.pool!r}: choose {' or '.join(POOLS)}"),
@@ -608,9 +613,17 @@ def check_options(variant: Variant, opts: Options) -> None:
   for ok, message in checks:
     if not ok:
       raise ValueError(message)
+  window, stride = POOLS[opts.pool]
+
+  def side(size: int) -> int:  # the spatial side after the last convolution block
+    for spec in variant.convs:
+      size = (size + 2 * spec.padding - spec.kernel) // spec.stride + 1
+      if spec.pool:
+        size = (size - window) // stride + 1
+    return size
+
   # The spatial size must stay >= 1 through every convolution and pool.
   size = opts.input_size
-  window, stride = POOLS[opts.pool]
   for spec in variant.convs:
     size = (size + 2 * spec.padding - spec.kernel) // spec.stride + 1
     if spec.pool:
@@ -619,6 +632,16 @@ def check_options(variant: Variant, opts: Options) -> None:
       raise ValueError(f"config.data.crop_size={opts.input_size} is too small for model "
                        f"{variant.name!r} (nothing left after {spec.name}); use at least "
                        f"{variant.input_size}")
+  fixed = variant.name in ("paper", "paper6")  # defined by the paper at exactly 227 px
+  if fixed and opts.input_size != variant.input_size and not other_input_size:
+    channels = variant.towers * max(1, round(variant.convs[-1].features * opts.width))
+    raise ValueError(
+        f"config.data.crop_size={opts.input_size}: model {variant.name!r} is the paper's network "
+        f"at {variant.input_size} px only (at {opts.input_size} px its fc6 would read "
+        f"{size * size * channels:,} inputs instead of {side(variant.input_size) ** 2 * channels:,}"
+        f"); set "
+        f"--config.data.crop_size={variant.input_size}, or --config.model.allow_other_input_size"
+        "=true if another network is intended")
 
 
 def create_model(model_cfg, input_size: int, rngs: nnx.Rngs) -> AlexNet:

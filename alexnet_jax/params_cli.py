@@ -50,7 +50,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--views", default="center", choices=("center", "10crop"),
                  help="the centre crop, or the paper's 10 views averaged in probability")
   p.add_argument("--split", default="", help="default: the config's data.eval_split")
-  p.add_argument("--batch-size", type=int, default=0, help="default: config.eval_batch_size")
+  p.add_argument("--batch-size", type=_positive_int, default=None,
+                 help="default: config.eval_batch_size")
   p.add_argument("--out", default="", help="also write the results to this JSON file")
   from alexnet_jax import distributed
   distributed.add_arguments(p)
@@ -68,11 +69,11 @@ def cmd_evaluate(args, overrides: list[str]) -> int:
 
   cfg = load_config(args.config, overrides)
   results = evaluate.evaluate(cfg, args.params, views=args.views, split=args.split or None,
-                              batch_size=args.batch_size or None)
+                              batch_size=args.batch_size)
   if jax.process_index() == 0:
     print(evaluate.format_table(results))
     if args.out:
-      evaluate.write_json(results, args.out)
+      _write_json(results, args.out)
       print(f"results written to {args.out}")
   return 0
 
@@ -81,7 +82,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--params", required=True, help="a parameter file (.safetensors from export, "
                                                  "or torchvision's AlexNet .pth/.safetensors)")
   p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-  p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+  p.add_argument("--top", type=_positive_int, default=5, help="classes shown per image (default 5)")
 
 
 def cmd_predict(args, overrides: list[str]) -> int:
@@ -96,6 +97,28 @@ def cmd_predict(args, overrides: list[str]) -> int:
   for p in failed:
     print(f"error: {p.error}", file=sys.stderr)
   return 1 if failed else 0
+
+
+def _positive_int(text: str) -> int:
+  from alexnet_jax.cli import positive_int
+  return positive_int(text)
+
+
+def _write_json(results: dict, path: str) -> None:
+  """evaluate's results as JSON, written atomically; a failure to write is one line."""
+  import json
+
+  from alexnet_jax import workdir
+  from alexnet_jax.configlib import ConfigError
+
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    workdir.write_atomic(path, json.dumps(results, indent=2) + "\n")
+  except OSError as e:
+    error = workdir.disk_error(e, path, 0)
+    if isinstance(error, workdir.DiskFull):
+      raise error from None
+    raise ConfigError(f"cannot write {path} ({e.strerror or e}); pass another --out") from None
 
 
 def _no_overrides(command: str, overrides: list[str]) -> None:

@@ -16,6 +16,7 @@ arbitrary pickled objects).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -87,6 +88,26 @@ def expected_shapes(owt_shapes: dict) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+def _refusal(e: Exception) -> str:
+  """Why torch.load(weights_only=True) refused a file, without PyTorch's advice to load it with
+  weights_only=False: that would run whatever code the file holds."""
+  import pickle
+
+  text = " ".join(str(e).split())
+  if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in text:
+    # PyTorch's message names what it met ("... unsupported GLOBAL posix.system whose module
+    # posix is blocked", or "WeightsUnpickler error: Unsupported global: GLOBAL x.Y ...") among
+    # its advice; only that name is kept.
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    detail = f"it refers to {match.group(1)}" if match else ""
+    found = f" ({detail})" if detail else ""
+    return (f"holds pickled Python objects besides tensors{found}, which could run code when "
+            "loaded; it was not loaded. Only plain state_dicts of tensors are read: re-save the "
+            "weights with torch.save(model.state_dict(), ...) or as safetensors")
+  return (f"not a readable PyTorch state_dict ({text[:160]}); only files of plain tensors are "
+          "read")
+
+
 def read_pth(path: str) -> dict[str, np.ndarray]:
   """A torchvision-style `.pth` state_dict as numpy arrays, read with weights_only=True."""
   try:
@@ -99,8 +120,7 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
   except FileNotFoundError:
     raise LayoutError(f"{path}: no such file") from None
   except Exception as e:  # torch raises UnpicklingError, RuntimeError, zip errors, EOFError...
-    raise LayoutError(f"{path}: not a readable PyTorch state_dict ({' '.join(str(e).split())[:200]}"
-                      "); only files of plain tensors are read (weights_only=True)") from None
+    raise LayoutError(f"{path}: {_refusal(e)}") from None
   if isinstance(loaded, dict):  # a training checkpoint wrapping the state_dict
     for key in ("state_dict", "model", "model_state_dict"):
       if isinstance(loaded.get(key), dict):

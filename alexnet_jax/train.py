@@ -112,7 +112,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     return run_eval(program, state.params, state.model_state)
 
   # --- loop ---
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = _progress_bar(cfg, total_steps, start_step, enabled=is_main)
   history: list[dict] = []
   history_start, last_log_time, last_log_step = start_step, time.perf_counter(), start_step

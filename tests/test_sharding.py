@@ -27,6 +27,7 @@ def small_config(model: str, strategy: str = "data", mesh: str = ""):
   c.model.width = 0.0625
   c.model.num_classes = 16
   c.data.crop_size = c.data.resize_size = SMALL_INPUT[model]
+  c.model.allow_other_input_size = True  # the paper network, shrunk on purpose
   c.batch_size = 16
   c.eval_batch_size = 16
   c.optim.name = "sgdw"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from typing import Iterator
 
 import numpy as np
@@ -178,26 +179,36 @@ def nearest(trained: runs.TrainedRun, *, query_split: str, db_split: str, querie
   }
 
 
+QUERY_COLOUR = "tab:blue"  # the query's frame and label: neutral
+WRONG_COLOUR = "tab:red"  # a neighbour of another class than its query's
+
+
 def draw(result: dict, path: str, *, class_names=None, title: str = "") -> str:
-  """Rows: a query (left, framed) then its neighbours, nearest first, with distance and label."""
+  """Rows: a query (left, framed) then its neighbours, nearest first, with distance and label;
+  a neighbour's label is red when its class is not the query's."""
   q_images, n_images = result["query_images"], result["neighbour_images"]
   nq, k = n_images.shape[:2]
   name = (lambda c: class_names[c]) if class_names else str
-  fig = plotting.new_figure(1.0 * (k + 1) + 0.3, 1.1 * nq + 0.6)
+  width = 1.0 * (k + 1) + 0.3
+  fig = plotting.new_figure(width, 1.1 * nq + 0.8)
   axes = fig.subplots(nq, k + 1, squeeze=False)
   for r in range(nq):
     plotting.show_image(axes[r, 0], q_images[r], f"query: {name(result['query_labels'][r])}",
-                        color="tab:red")
+                        color=QUERY_COLOUR)
     for side in axes[r, 0].spines.values():
-      side.set(color="tab:red", linewidth=2)
+      side.set(color=QUERY_COLOUR, linewidth=2)
     for c in range(k):
       label = result["neighbour_labels"][r][c]
       ok = label == result["query_labels"][r]
       plotting.show_image(axes[r, c + 1], n_images[r, c],
                           f"{name(label)}  d={result['distances'][r][c]:.3g}",
-                          color="black" if ok else "tab:red")
-  fig.suptitle(title or f"nearest {result['db_split']} images in fc7 space "
-               f"({100 * result['same_label_fraction']:.0f}% share the query's label)", fontsize=9)
+                          color="black" if ok else WRONG_COLOUR)
+  title = title or (f"nearest {result['db_split']} images in fc7 space "
+                    f"({100 * result['same_label_fraction']:.0f}% share the query's label)")
+  # Wrapped to the figure's width (about 13 characters per inch at this size): a long title
+  # would otherwise run off the right edge, which a tight bounding box does not bring back.
+  fig.suptitle(textwrap.fill(title + "; red: another class than the query's",
+                             max(20, int(13 * width))), fontsize=9)
   return plotting.save(fig, path)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from typing import Any, Sequence
 
 from alexnet_jax import configlib
@@ -27,17 +26,14 @@ def train_run(cfg, workdir: str) -> dict[str, float]:
   returns the final evaluation's metrics and "diverged": False. A run whose loss became NaN or
   Inf (train.NonFiniteLoss) returns NaN metrics and "diverged": True instead of raising: in an
   experiment over many runs, one unstable setting is a result to report, not a reason to stop."""
-  import jax
+  from alexnet_jax import train
+  from alexnet_jax import workdir as workdir_lib
 
-  from alexnet_jax import cli, train
-
-  cli.check_workdir(workdir, cfg)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(configlib.to_json(cfg))
   try:
-    metrics = train.train_and_evaluate(cfg, workdir)
+    # As `launch.py train`: the config checked in full before anything is written, the run's
+    # directory locked while it trains.
+    with workdir_lib.open_run(cfg, workdir):
+      metrics = train.train_and_evaluate(cfg, workdir)
   except train.NonFiniteLoss as e:
     log.warning("the run in %s diverged: %s", workdir, e)
     return {"top1_err": math.nan, "top5_err": math.nan, "count": math.nan, "diverged": True}
