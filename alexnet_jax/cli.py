@@ -11,44 +11,13 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Callable
 
 from alexnet_jax import configlib, params_cli
+from alexnet_jax.arguments import add_config_args
+from alexnet_jax.configlib import load as load_config
 
 log = logging.getLogger("alexnet_jax")
-
-DEFAULT_CONFIG = "default"
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def resolve_config_path(name: str) -> str:
-  """A config file path, or a bare name looked up in the repository's (or installed) configs/."""
-  path, sep, arg = name.partition(":")
-  candidates = [Path(path), REPO_CONFIGS / path, REPO_CONFIGS / f"{path}.py"]
-  try:
-    import configs as installed_configs  # present when the package was installed
-    base = Path(installed_configs.__file__).parent
-    candidates += [base / Path(path).name, base / f"{Path(path).name}.py"]
-  except ImportError:
-    pass
-  for candidate in candidates:
-    if candidate.is_file():
-      return str(candidate) + sep + arg
-  raise configlib.ConfigError(
-      f"--config {name}: no such config; pass a file such as configs/default.py or one of: "
-      + ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.py") if p.stem != "__init__")))
-
-
-def load_config(name: str, overrides: list[str]):
-  cfg = configlib.load_config(resolve_config_path(name))
-  configlib.apply_overrides(cfg, overrides)
-  return cfg
-
-
-def default_workdir(config_name: str) -> str:
-  return os.path.join("workdirs", Path(config_name.partition(":")[0]).stem)
-
 
 # --- commands -------------------------------------------------------------------------------
 
@@ -59,13 +28,14 @@ def cmd_train(args, overrides: list[str]) -> int:
   distributed.initialize(args)  # before any other JAX call
 
   from alexnet_jax import checkpoint, train, workdir as workdir_lib
+  from alexnet_jax.experiments import curves  # DIR/curves.png, redrawn at every evaluation
 
   cfg = load_config(args.config, overrides)
-  workdir = args.workdir or default_workdir(args.config)
+  workdir = args.workdir or configlib.default_workdir(args.config)
   try:
     # Checks the whole config first: a refused command writes nothing into the directory.
     with workdir_lib.open_run(cfg, workdir):
-      result = train.train_and_evaluate(cfg, workdir)
+      result = train.train_and_evaluate(cfg, workdir, after_eval=[curves.write_after_eval])
   except checkpoint.Interrupted as e:
     print(f"{e}. To resume, run the same command again: {_command_line()}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGTERM)  # what a shell reports for a signal: not success
@@ -104,12 +74,6 @@ def check_workdir(workdir: str, cfg) -> None:
   """Resuming a different run into the same directory would mix two experiments: refuse."""
   from alexnet_jax import workdir as workdir_lib
   workdir_lib.check_run(workdir, cfg)
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--config", default=DEFAULT_CONFIG,
-                 help="config file or name (default: configs/default.py, the offline demo); "
-                      "add --config.FIELD=VALUE to override any field")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -212,17 +176,6 @@ class _Parser(argparse.ArgumentParser):
 
   def error(self, message: str):
     self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
-
-
-def positive_int(text: str) -> int:
-  """An argparse type: an integer >= 1."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-  return value
 
 
 def build_parser() -> argparse.ArgumentParser:

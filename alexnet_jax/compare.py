@@ -471,9 +471,7 @@ def run_compare(cfg, strategies: Sequence[str], meshes: dict[str, str], workdir:
 
 
 def cmd_compare(args, overrides: list[str]) -> int:
-  from alexnet_jax.cli import load_config
-
-  cfg = load_config(args.config, overrides)
+  cfg = configlib.load(args.config, overrides)
   strategies = [s for s in args.strategies.split(",") if s]
   for name in strategies:
     shard_lib.get_strategy(name)

@@ -10,6 +10,8 @@ import ast
 import importlib.util
 import json
 import os
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import ml_collections
@@ -280,13 +282,49 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   return base
 
 
+# --- loading a config by name, with command-line overrides ----------------------------------
+
+DEFAULT_CONFIG = "default"
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name: str) -> str:
+  """A config file path, or a bare name looked up in the repository's (or installed) configs/."""
+  path, sep, arg = name.partition(":")
+  candidates = [Path(path), REPO_CONFIGS / path, REPO_CONFIGS / f"{path}.py"]
+  try:
+    import configs as installed_configs  # present when the package was installed
+    base = Path(installed_configs.__file__).parent
+    candidates += [base / Path(path).name, base / f"{Path(path).name}.py"]
+  except ImportError:
+    pass
+  for candidate in candidates:
+    if candidate.is_file():
+      return str(candidate) + sep + arg
+  raise ConfigError(
+      f"--config {name}: no such config; pass a file such as configs/default.py or one of: "
+      + ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.py") if p.stem != "__init__")))
+
+
+def load(name: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config `name` (a file, or a bare name from configs/, optionally `:arg`) with
+  `field=value` overrides applied: what `--config NAME --config.FIELD=VALUE` asks for."""
+  cfg = load_config(resolve_config_path(name))
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def default_workdir(config_name: str) -> str:
+  return os.path.join("workdirs", Path(config_name.partition(":")[0]).stem)
+
+
 # --- validation: one clear line naming the field, before anything compiles --------------------
 
 
 def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
   """Raise ConfigError for a config that cannot work. `data_axis`: devices the batch splits over."""
   from alexnet_jax import model as model_lib
-  from alexnet_jax import optim, profiling
+  from alexnet_jax import optim
 
   try:
     variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
@@ -334,7 +372,7 @@ def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  profiling.parse(cfg.profile_steps)  # ConfigError naming the field
+  parse_profile_steps(cfg.profile_steps)
 
 
 def describe_model_choices(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -361,6 +399,25 @@ def describe_model_choices(cfg: ml_collections.ConfigDict) -> list[str]:
                  f": {count(cfg.data.crop_size):,} parameters; at its own "
                  f"{variant.input_size} px it has {count(variant.input_size):,}")
   return lines
+
+
+_STEPS = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+  """config.profile_steps: `"10-12"` -> (10, 12), `"5"` -> (5, 5), `""` -> None (off);
+  ConfigError naming the field for anything else."""
+  field = "config.profile_steps"
+  if not isinstance(spec, str):
+    raise ConfigError(f"{field}={spec!r}: write the steps as text, e.g. '10-12' or '5'")
+  if not spec.strip():
+    return None
+  match = _STEPS.match(spec)
+  first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+  if not match or first < 1 or last < first:
+    raise ConfigError(f"{field}={spec!r}: write one step (5) or a range of steps (10-12), "
+                      "counted from 1; '' turns profiling off")
+  return first, last
 
 
 def check_against_dataset(cfg: ml_collections.ConfigDict, info) -> None:

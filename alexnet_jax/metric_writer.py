@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 log = logging.getLogger("alexnet_jax.metrics")
 
@@ -125,3 +125,18 @@ def read_metrics(workdir: str) -> list[dict]:
   if bad:
     log.warning("%s: skipped %d line%s that could not be parsed", path, bad, "" if bad == 1 else "s")
   return records
+
+
+def split_records(records: Sequence[dict], split: str) -> list[dict]:
+  """The records of `split`, one per step, sorted by step. Where a step was logged twice (a
+  file written before resumes dropped later records), the later record wins: it belongs to the
+  run that went on."""
+  by_step = {}
+  for record in records:
+    if record.get("split") == split:
+      by_step[int(record["step"])] = record
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def read_split(workdir: str, split: str) -> list[dict]:
+  return split_records(read_metrics(workdir), split)

@@ -41,7 +41,7 @@ def cmd_export(args, overrides: list[str]) -> int:
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-  from alexnet_jax.cli import add_config_args
+  from alexnet_jax.arguments import add_config_args
 
   p.add_argument("--params", nargs="+", required=True,
                  help="parameter files (several: an ensemble, probabilities averaged); "
@@ -65,9 +65,9 @@ def cmd_evaluate(args, overrides: list[str]) -> int:
   import jax
 
   from alexnet_jax import evaluate
-  from alexnet_jax.cli import load_config
+  from alexnet_jax import configlib
 
-  cfg = load_config(args.config, overrides)
+  cfg = configlib.load(args.config, overrides)
   results = evaluate.evaluate(cfg, args.params, views=args.views, split=args.split or None,
                               batch_size=args.batch_size)
   if jax.process_index() == 0:
@@ -100,7 +100,7 @@ def cmd_predict(args, overrides: list[str]) -> int:
 
 
 def _positive_int(text: str) -> int:
-  from alexnet_jax.cli import positive_int
+  from alexnet_jax.arguments import positive_int
   return positive_int(text)
 
 

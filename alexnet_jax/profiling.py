@@ -19,30 +19,15 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import re
 
 import jax
 
-from alexnet_jax.configlib import ConfigError
+from alexnet_jax import configlib
 
 log = logging.getLogger(__name__)
 
 FIELD = "config.profile_steps"
-_SPEC = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
-
-
-def parse(spec: str) -> tuple[int, int] | None:
-  """`"10-12"` -> (10, 12), `"5"` -> (5, 5), `""` -> None (off); ConfigError for anything else."""
-  if not isinstance(spec, str):
-    raise ConfigError(f"{FIELD}={spec!r}: write the steps as text, e.g. '10-12' or '5'")
-  if not spec.strip():
-    return None
-  match = _SPEC.match(spec)
-  first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
-  if not match or first < 1 or last < first:
-    raise ConfigError(f"{FIELD}={spec!r}: write one step (5) or a range of steps (10-12), "
-                      "counted from 1; '' turns profiling off")
-  return first, last
+parse = configlib.parse_profile_steps  # "10-12" -> (10, 12); the config layer validates it
 
 
 class StepProfiler:

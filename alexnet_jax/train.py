@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,6 @@ from alexnet_jax import configlib
 from alexnet_jax import optim
 from alexnet_jax import profiling
 from alexnet_jax import program as program_lib
-from alexnet_jax.experiments import curves
 from alexnet_jax.metric_writer import MetricWriter
 
 log = logging.getLogger("alexnet_jax.train")
@@ -65,8 +65,13 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
-def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
-  """Train `cfg` in `workdir` (resuming from its latest checkpoint), return final eval metrics."""
+def train_and_evaluate(cfg, workdir: str, *,
+                       after_eval: Sequence[Callable[[str], None]] = ()) -> dict[str, float]:
+  """Train `cfg` in `workdir` (resuming from its latest checkpoint), return final eval metrics.
+
+  `after_eval`: functions of the work directory that process 0 calls after every evaluation,
+  once its metrics are written (the command line redraws DIR/curves.png there).
+  """
   from alexnet_jax import data  # the input pipeline; imports TensorFlow lazily
 
   is_main = jax.process_index() == 0
@@ -164,7 +169,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
         eval_metrics = evaluate()
         writer.write(done, "eval", eval_metrics)
         if is_main:
-          curves.write_after_eval(workdir)  # DIR/curves.png, redrawn at every evaluation
+          for hook in after_eval:
+            hook(workdir)
         log.info("eval at step %d: loss %.4f top1_err %.4f top5_err %.4f (%d examples)", done,
                  eval_metrics["loss"], eval_metrics["top1_err"], eval_metrics["top5_err"],
                  eval_metrics["count"])

@@ -56,10 +56,10 @@ def serve_ours(args) -> None:
   from alexnet_jax import host_memory, xla_flags
   host_memory.keep_freed_memory()  # as launch.py does, before JAX starts
   xla_flags.apply_defaults()
-  from alexnet_jax import bench, cli
+  from alexnet_jax import bench, configlib
 
-  cfg = cli.load_config(args.config, [f"batch_size={args.batch}", f"model.dtype={args.dtype}"]
-                        + args.override)
+  cfg = configlib.load(args.config, [f"batch_size={args.batch}", f"model.dtype={args.dtype}"]
+                       + args.override)
   setup = bench.build(cfg)
   start = time.perf_counter()
   bench.run_steps(setup, 2)

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from alexnet_jax import bench, cli, flops
+from alexnet_jax import bench, cli, configlib, flops
 from alexnet_jax.data import synthetic
 from alexnet_jax.configlib import base_config
 
@@ -52,7 +52,7 @@ def test_bench_runs_the_train_step_without_tensorflow(tmp_path):
   assert len(times) == 20 and all(t > 0 for t in times)
   assert figures["batch"] == 16 and figures["model"] == "small" and figures["dtype"] == "bfloat16"
   assert figures["images_per_second"] == pytest.approx(16 / figures["median_step_seconds"])
-  cfg = cli.load_config("configs/test.py", [])
+  cfg = configlib.load("configs/test.py")
   assert figures["flops_per_image"] == flops.train_flops_per_image(cfg.model, cfg.data.crop_size)
   assert figures["devices"] == 8 and figures["mesh"] == {"data": 8, "model": 1}  # conftest's CPU devices
   assert figures["mfu"] == pytest.approx(

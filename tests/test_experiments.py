@@ -147,7 +147,7 @@ def test_relu_tanh_records_a_diverged_rate_and_chooses_another(tmp_path, monkeyp
   from alexnet_jax import train as train_lib
   from alexnet_jax.metric_writer import MetricWriter
 
-  def fake_train_and_evaluate(cfg, workdir):
+  def fake_train_and_evaluate(cfg, workdir, **hooks):
     # Training error falls linearly with the step; the rate 50 "blows up" at step 4.
     rate, activation = cfg.optim.learning_rate, cfg.model.activation
     steps = 4 if rate == 50 else 22

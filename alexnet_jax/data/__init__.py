@@ -27,9 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from alexnet_jax.data import order, synthetic
-from alexnet_jax.data.info import DataError, DatasetInfo
-
-VIEWS = ("center", "10crop")  # evaluation: the central crop, or the paper's 10 views
+from alexnet_jax.data.info import VIEWS, DataError, DatasetInfo
 
 __all__ = ["DataError", "DatasetInfo", "dataset_info", "steps_per_epoch", "train_iterator",
            "eval_iterator", "num_eval_batches"]

@@ -9,6 +9,9 @@ import logging
 logger = logging.getLogger("alexnet_jax.data")
 
 
+VIEWS = ("center", "10crop")  # evaluation: the central crop, or the paper's 10 views
+
+
 class DataError(ValueError):
   """A dataset that cannot be used as configured; the one-line message says how to fix it."""
 

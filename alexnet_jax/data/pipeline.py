@@ -17,10 +17,9 @@ import numpy as np
 from alexnet_jax import configlib
 from alexnet_jax.data import ops, order
 from alexnet_jax.data._tf import AUTOTUNE, tf
-from alexnet_jax.data.info import DataError
+from alexnet_jax.data.info import VIEWS, DataError
 from alexnet_jax.data.splits import SplitOptions
 
-from alexnet_jax.data import VIEWS
 
 
 def split_options(cfg) -> SplitOptions:

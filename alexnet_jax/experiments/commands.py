@@ -10,10 +10,8 @@ import argparse
 import os
 from pathlib import Path
 
-
-def _cli():
-  from alexnet_jax import cli  # imported late: cli imports this module
-  return cli
+from alexnet_jax import configlib
+from alexnet_jax.arguments import add_config_args
 
 
 def _seeds(text: str) -> list[int]:
@@ -48,8 +46,7 @@ def cmd_relu_tanh(args, overrides: list[str]) -> int:
   from alexnet_jax import configlib
   from alexnet_jax.experiments import relu_tanh
 
-  cli = _cli()
-  cfg = cli.load_config(args.config, [])
+  cfg = configlib.load(args.config, [])
   relu_tanh.apply_figure1_settings(cfg)
   configlib.apply_overrides(cfg, overrides)
   root = _experiment_root(args, "relu_tanh")
@@ -62,7 +59,7 @@ def cmd_relu_tanh(args, overrides: list[str]) -> int:
 
 
 def add_relu_tanh_args(p: argparse.ArgumentParser) -> None:
-  _cli().add_config_args(p)
+  add_config_args(p)
   p.add_argument("--workdir", default="", help="where the runs go, one directory per activation "
                  "and seed (default: workdirs/relu_tanh/<config>); finished runs are reused")
   p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
@@ -84,7 +81,7 @@ def add_relu_tanh_args(p: argparse.ArgumentParser) -> None:
 def cmd_ablate(args, overrides: list[str]) -> int:
   from alexnet_jax.experiments import ablate
 
-  cfg = _cli().load_config(args.config, overrides)
+  cfg = configlib.load(args.config, overrides)
   root = _experiment_root(args, "ablate")
   text, _ = ablate.run(cfg, root, seeds=args.seeds, conditions=tuple(args.conditions.split(",")))
   print(text)
@@ -94,7 +91,7 @@ def cmd_ablate(args, overrides: list[str]) -> int:
 
 def add_ablate_args(p: argparse.ArgumentParser) -> None:
   from alexnet_jax.experiments import ablate
-  _cli().add_config_args(p)
+  add_config_args(p)
   p.add_argument("--workdir", default="", help="where the runs go, one directory per condition "
                  "and seed (default: workdirs/ablate/<config>); finished runs are reused")
   p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
@@ -192,7 +189,7 @@ def add_curves_args(p: argparse.ArgumentParser) -> None:
 def cmd_augment_sheet(args, overrides: list[str]) -> int:
   from alexnet_jax.experiments import augment
 
-  cfg = _cli().load_config(args.config, overrides)
+  cfg = configlib.load(args.config, overrides)
   out = args.out or os.path.join("workdirs", "augment_sheet.png")
   path, views = augment.run(cfg, out, images=args.images, epochs=args.epochs,
                             lighting_gain=args.lighting_gain)
@@ -202,7 +199,7 @@ def cmd_augment_sheet(args, overrides: list[str]) -> int:
 
 
 def add_augment_sheet_args(p: argparse.ArgumentParser) -> None:
-  _cli().add_config_args(p)
+  add_config_args(p)
   p.add_argument("--out", default="", help="PNG path (default: workdirs/augment_sheet.png)")
   p.add_argument("--images", type=int, default=6, help="training images, one per row (default 6)")
   p.add_argument("--epochs", type=int, default=6, help="epochs, one per column (default 6)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from alexnet_jax.experiments import plotting, runs
+from alexnet_jax import configlib, metric_writer
+from alexnet_jax.experiments import plotting
 
 log = logging.getLogger("alexnet_jax.curves")
 
@@ -22,7 +23,7 @@ def curve_data(workdir: str) -> dict[str, dict[str, tuple[list[int], list[float]
   """{split: {metric: (steps, values)}} for split train and eval; one point per logged step."""
   out = {}
   for split in ("train", "eval"):
-    records = runs.read_split(workdir, split)
+    records = metric_writer.read_split(workdir, split)
     out[split] = {m: ([r["step"] for r in records if m in r],
                       [float(r[m]) for r in records if m in r]) for m in METRICS}
   return out
@@ -32,7 +33,7 @@ def write_training_curves(workdir: str, path: str | None = None) -> tuple[str, d
   """Draw the curves into `path` (default DIR/curves.png); returns (path, the data drawn)."""
   data = curve_data(workdir)
   if not data["train"]["loss"][0] and not data["eval"]["loss"][0]:
-    raise runs.ExperimentError(f"{workdir}/metrics.jsonl has no metrics yet; train first")
+    raise configlib.ConfigError(f"{workdir}/metrics.jsonl has no metrics yet; train first")
   fig = plotting.new_figure(9.0, 3.2)
   loss_ax, err_ax = fig.subplots(1, 2)
   styles = {"train": dict(color="tab:blue"), "eval": dict(color="tab:orange", marker="o", ms=3)}

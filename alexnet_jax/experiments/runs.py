@@ -12,7 +12,7 @@ import logging
 import math
 from typing import Any, Sequence
 
-from alexnet_jax import configlib
+from alexnet_jax import configlib, metric_writer
 
 log = logging.getLogger("alexnet_jax.experiments")
 
@@ -27,32 +27,22 @@ def train_run(cfg, workdir: str) -> dict[str, float]:
   Inf (train.NonFiniteLoss) returns NaN metrics and "diverged": True instead of raising: in an
   experiment over many runs, one unstable setting is a result to report, not a reason to stop."""
   from alexnet_jax import train
+  from alexnet_jax.experiments import curves
   from alexnet_jax import workdir as workdir_lib
 
   try:
     # As `launch.py train`: the config checked in full before anything is written, the run's
     # directory locked while it trains.
     with workdir_lib.open_run(cfg, workdir):
-      metrics = train.train_and_evaluate(cfg, workdir)
+      metrics = train.train_and_evaluate(cfg, workdir, after_eval=[curves.write_after_eval])
   except train.NonFiniteLoss as e:
     log.warning("the run in %s diverged: %s", workdir, e)
     return {"top1_err": math.nan, "top5_err": math.nan, "count": math.nan, "diverged": True}
   return {**metrics, "diverged": False}
 
 
-def split_records(records: Sequence[dict], split: str) -> list[dict]:
-  """The records of `split`, one per step, sorted by step. A run resumed from an older checkpoint
-  logs some steps again; the later record of a step wins (it belongs to the run that went on)."""
-  by_step = {}
-  for record in records:
-    if record.get("split") == split:
-      by_step[int(record["step"])] = record
-  return [by_step[s] for s in sorted(by_step)]
-
-
-def read_split(workdir: str, split: str) -> list[dict]:
-  from alexnet_jax.metric_writer import read_metrics
-  return split_records(read_metrics(workdir), split)
+# The records of one split, latest record of a step winning: with metrics.jsonl's reader.
+split_records, read_split = metric_writer.split_records, metric_writer.read_split
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
