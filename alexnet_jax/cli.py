@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Callable
 
-from alexnet_jax import configlib, params_cli
+from alexnet_jax import configlib, gpu_check, params_cli
 from alexnet_jax.arguments import add_config_args
 from alexnet_jax.configlib import load as load_config
 
@@ -165,6 +165,8 @@ COMMANDS: dict[str, tuple[Callable, str, Callable]] = {
               add_bench_args),
     "prepare": (cmd_prepare, "rewrite an image dataset with the shorter side at 256 px",
                 add_prepare_args),
+    "gpu-check": (gpu_check.cmd, "every GPU figure from one command, each part under a time "
+                  "limit; a summary line per figure (scripts/gpu_check.sh)", gpu_check.add_arguments),
 }
 # The paper's experiments and figures (relu-tanh, ablate, kernels, features, neighbours, ...).
 from alexnet_jax.experiments.commands import COMMANDS as _EXPERIMENT_COMMANDS  # noqa: E402

@@ -14,7 +14,8 @@ reads off:
     same unit as the measured bytes, so one can be checked against the other;
   - compile time.
 
-Writes compare.md, compare.csv and compare.png into the work directory.
+Writes compare.md, compare.csv and compare.png into the work directory (the chart only where
+matplotlib is installed: the tables are the record, and GPU hosts may have no matplotlib).
 """
 
 from __future__ import annotations
@@ -466,7 +467,10 @@ def run_compare(cfg, strategies: Sequence[str], meshes: dict[str, str], workdir:
   with open(os.path.join(workdir, "compare.md"), "w") as f:
     f.write(markdown(results, title))
   write_csv(results, os.path.join(workdir, "compare.csv"))
-  plot(results, os.path.join(workdir, "compare.png"), title)
+  try:
+    plot(results, os.path.join(workdir, "compare.png"), title)
+  except ImportError as e:
+    log.warning("no compare.png: %s (pip install matplotlib for the chart)", e)
   return results
 
 
@@ -483,6 +487,8 @@ def cmd_compare(args, overrides: list[str]) -> int:
     return 0
   with open(os.path.join(args.workdir, "compare.md")) as f:
     print(f.read())
-  print(f"wrote compare.md, compare.csv, compare.png to {args.workdir} "
+  written = "compare.md, compare.csv" + (
+      ", compare.png" if os.path.exists(os.path.join(args.workdir, "compare.png")) else "")
+  print(f"wrote {written} to {args.workdir} "
         f"({len(results)} strategies)")
   return 0

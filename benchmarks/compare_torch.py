@@ -3,11 +3,18 @@
     python benchmarks/compare_torch.py --config configs/owt.py --batch 32 --rounds 5 --steps 4
 
 Starts one worker process per contestant: ours (the step `launch.py bench` times, with the
-XLA flags and malloc settings the command line sets) and PyTorch's (benchmarks/torch_alexnet.py:
-eager, channels_last, torch.compile). Each compiles and warms up, then the workers take turns: every
+XLA flags, malloc settings and compilation cache the command line sets) and PyTorch's
+(benchmarks/torch_alexnet.py: eager, channels_last, torch.compile; on a GPU with cuDNN's
+autotuning, TF32 and fused SGD). Each compiles and warms up, then the workers take turns: every
 round each runs `--steps` timed steps while the others wait, the order rotating from round to
 round. Load from other programs on a shared machine then hits every contestant alike; the ratio
 is taken within each round (ours / theirs in images/s) and the median over rounds is reported.
+PyTorch's network is the config's: its input size, class count and width (torchvision's layout,
+so the config must be an `owt` one). On a GPU the workers share the device; ours allocates as it
+goes rather than taking most of the memory up front, so PyTorch's has room.
+
+`--override FIELD=VALUE` changes a field of the config for every contestant (as
+`--config.FIELD=VALUE` does for `launch.py`).
 
 `--variant LABEL:SETTINGS` adds another of ours, where SETTINGS are `--config.x=y` overrides
 and `ENV=value` pairs separated by spaces, e.g. to see what a change is worth:
@@ -53,9 +60,10 @@ def serve(run_steps, ready: dict) -> None:
 
 def serve_ours(args) -> None:
   sys.path.insert(0, ROOT)
-  from alexnet_jax import host_memory, xla_flags
+  from alexnet_jax import compile_cache, host_memory, xla_flags
   host_memory.keep_freed_memory()  # as launch.py does, before JAX starts
   xla_flags.apply_defaults()
+  compile_cache.enable()  # a program `launch.py bench` compiled is read back, not compiled again
   from alexnet_jax import bench, configlib
 
   cfg = configlib.load(args.config, [f"batch_size={args.batch}", f"model.dtype={args.dtype}"]
@@ -79,11 +87,11 @@ def serve_torch(args) -> None:
   import torch_alexnet
 
   compile_, channels_last = TORCH_VARIANTS[args.torch[0]]
-  bench = torch_alexnet.TorchBench(args.batch, torch_alexnet.Variant(compile_, channels_last,
-                                                                     args.dtype))
+  bench = torch_alexnet.TorchBench(
+      args.batch, torch_alexnet.Variant(compile_, channels_last, args.dtype),
+      image_size=args.image_size, num_classes=args.num_classes, width=args.width)
   serve(bench.run, {"compile_seconds": bench.warmup_seconds, "warmup_seconds": 0.0,
-                    "versions": {"torch": torch.__version__}, "threads": torch.get_num_threads(),
-                    "device": str(bench.device)})
+                    "versions": {"torch": torch.__version__}, **torch_alexnet.describe(bench)})
 
 
 def _version(package: str) -> str:
@@ -157,13 +165,38 @@ def machine_description() -> str:
           f"load average at start {load:.1f}")
 
 
-def compare(args) -> list[dict]:
+def network(args) -> dict:
+  """The network of `--config` with `--override`s, as PyTorch's side builds it."""
+  sys.path.insert(0, ROOT)
+  from alexnet_jax import configlib
+
+  cfg = configlib.load(args.config, args.override)
+  if cfg.model.name != "owt":
+    raise SystemExit(f"--config {args.config}: its model is {cfg.model.name!r}, but the PyTorch "
+                     "peer is torchvision's layout; compare against an owt config "
+                     "(configs/owt.py)")
+  return {"image_size": cfg.data.crop_size, "num_classes": cfg.model.num_classes,
+          "width": cfg.model.width}
+
+
+# Ours allocates GPU memory as it goes (JAX takes 75% up front otherwise): PyTorch's worker shares
+# the device. Without effect on CPUs.
+OURS_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+def compare(args) -> tuple[list[dict], list[str]]:
+  """Rows of figures (ours first), and the labels of contestants that failed to start."""
+  net = network(args)
   ours_argv = ["--worker", "ours", "--config", args.config, "--batch", str(args.batch),
-               "--dtype", args.dtype]
-  specs = [("ours (alexnet_jax)", ours_argv, {})]
+               "--dtype", args.dtype] + [f"--override={o}" for o in args.override]
+  torch_argv = ["--batch", str(args.batch), "--dtype", args.dtype,
+                "--image-size", str(net["image_size"]), "--num-classes", str(net["num_classes"]),
+                "--width", str(net["width"])]
+  specs = [("ours (alexnet_jax)", ours_argv, OURS_ENV)]
   for text in args.variant:
     label, overrides, env = parse_variant(text)
-    specs.append((f"ours, {label}", ours_argv + [f"--override={o}" for o in overrides], env))
+    specs.append((f"ours, {label}", ours_argv + [f"--override={o}" for o in overrides],
+                  {**OURS_ENV, **env}))
   for text in args.torch:
     name, *env_items = text.split("@")
     if name not in TORCH_VARIANTS or not all("=" in e for e in env_items):
@@ -172,16 +205,24 @@ def compare(args) -> list[dict]:
     compile_, channels_last = TORCH_VARIANTS[name]
     label = ("torch " + ("compile" if compile_ else "eager")
              + (" channels_last" if channels_last else "") + "".join(f", {e}" for e in env_items))
-    specs.append((label, ["--worker", "torch", "--torch", name, "--batch", str(args.batch),
-                          "--dtype", args.dtype], dict(e.split("=", 1) for e in env_items)))
+    specs.append((label, ["--worker", "torch", "--torch", name] + torch_argv,
+                  dict(e.split("=", 1) for e in env_items)))
   print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}; {machine_description()}",
         flush=True)
   print(f"# command: python benchmarks/compare_torch.py {' '.join(map(shlex.quote, sys.argv[1:]))}",
         flush=True)
-  contestants = []
+  contestants, left_out = [], []
   try:
     for label, argv, env in specs:  # one at a time: compiling is not part of the race
-      contestants.append(Contestant(label, argv, env))
+      try:
+        contestants.append(Contestant(label, argv, env))
+      except RuntimeError as e:
+        if not contestants:  # ours: nothing to compare with
+          raise
+        # Another may still run (torch.compile needs a C compiler and Triton; eager does not).
+        print(f"# {e}; left out", flush=True)
+        left_out.append(label)
+        continue
       ready = contestants[-1].ready
       print(f"# {label}: ready (compile {ready['compile_seconds']:.1f} s; "
             f"{ready.get('versions')}; {ready.get('device')})", flush=True)
@@ -204,13 +245,15 @@ def compare(args) -> list[dict]:
     ratios = [c.round_median(r) / ours.round_median(r) for r in range(args.rounds)]
     cpu = statistics.median(r["cpu"] / len(r["times"]) for r in c.rounds)
     row = {"label": c.label, "median_step_s": median, "images_per_s": args.batch / median,
+           "p90_step_s": (statistics.quantiles(c.times, n=10, method="inclusive")[-1]
+                          if len(c.times) > 1 else median),
            "cpu_s_per_step": cpu, "ours_over_it": statistics.median(ratios),
            "round_ratios": ratios, "ready": c.ready}
     rows.append(row)
     ratio = "" if c is ours else f"{row['ours_over_it']:.2f}x"
     print(f"{c.label:40s} {1000 * median:10.0f} ms {row['images_per_s']:10.1f} {cpu:10.2f} "
           f"{ratio:>10s}")
-  return rows
+  return rows, left_out
 
 
 def main() -> None:
@@ -228,9 +271,12 @@ def main() -> None:
   p.add_argument("--variant", action="append", default=[],
                  help="another of ours: 'LABEL:--config.x=y ENV=value ...'")
   p.add_argument("--json", default="", help="also write the results here")
+  p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                 help="a config field for every contestant, e.g. data.crop_size=67")
   # Worker mode (started by the orchestrator).
   p.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
-  p.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
+  for flag, kind in (("--image-size", int), ("--num-classes", int), ("--width", float)):
+    p.add_argument(flag, type=kind, help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker == "ours":
     return serve_ours(args)
@@ -238,11 +284,11 @@ def main() -> None:
     return serve_torch(args)
   if args.rounds < 1 or args.steps < 1:
     raise SystemExit("--rounds and --steps must be >= 1")
-  rows = compare(args)
+  rows, left_out = compare(args)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"argv": sys.argv[1:], "machine": machine_description(), "rows": rows}, f,
-                indent=1)
+      json.dump({"argv": sys.argv[1:], "machine": machine_description(), "rows": rows,
+                 "left_out": left_out}, f, indent=1)
 
 
 if __name__ == "__main__":

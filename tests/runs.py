@@ -142,3 +142,32 @@ def wait_for(condition, process: subprocess.Popen, *, timeout: float = 240, poll
       process.kill()
       raise AssertionError("timed out waiting for the training process")
     time.sleep(poll)
+
+
+# A sitecustomize.py that makes packages impossible to import in every Python process started with
+# its folder on PYTHONPATH: what a GPU host without TensorFlow looks like.
+_BLOCKER = '''
+import importlib.abc, importlib.machinery, sys
+BLOCKED = {blocked!r}
+class _Refuse(importlib.abc.Loader):
+  def create_module(self, spec):
+    raise ImportError(f"{{spec.name}} is blocked in this test")
+  def exec_module(self, module):
+    raise ImportError(f"{{module.__name__}} is blocked in this test")
+class _Blocked(importlib.abc.MetaPathFinder):
+  """Every import of the blocked packages fails (a look-up that does not import, such as
+  importlib.util.find_spec, still finds them)."""
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED:
+      return importlib.machinery.ModuleSpec(name, _Refuse())
+    return None
+sys.meta_path.insert(0, _Blocked())
+'''
+
+
+def import_blocker(*packages: str) -> str:
+  """sitecustomize.py text under which importing any of `packages` raises ImportError."""
+  return _BLOCKER.format(blocked=tuple(packages))
+
+
+BLOCKER = import_blocker("tensorflow", "tensorflow_datasets", "sklearn")

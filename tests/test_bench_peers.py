@@ -39,6 +39,10 @@ def test_torch_peer_has_torchvisions_layout_and_our_owt_shapes():
     else:  # (in, out) here, (out, in) there
       assert shapes[key] == kernel[::-1], name
 
+  narrow = torch_alexnet.alexnet(10, width=0.125).state_dict()
+  assert narrow["features.0.weight"].shape == (8, 3, 11, 11)  # round(64 / 8), as ours
+  assert narrow["classifier.1.weight"].shape == (512, 32 * 36)
+
   bench = torch_alexnet.TorchBench(2, torch_alexnet.Variant(channels_last=True),
                                    image_size=64, num_classes=10)
   before = model.state_dict()["features.0.weight"].clone()
@@ -55,6 +59,33 @@ def test_comparison_settings_parse():
   assert env == {"ALEXNET_JAX_XLA_DEFAULTS": "0"}
   with pytest.raises(SystemExit, match="neither"):
     compare_torch.parse_variant("bad:oops")
+
+
+def test_comparison_builds_the_configs_network_on_both_sides_and_survives_a_failed_peer(tmp_path):
+  import json
+  import subprocess
+
+  out = tmp_path / "compare.json"
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "compare_torch.py"), "--config",
+       "configs/owt.py", "--batch", "4", "--rounds", "1", "--steps", "1",
+       "--torch", "eager_cl,eager@PYTHONHOME=/nonexistent", "--json", str(out),
+       "--override", "model.width=0.125", "--override", "data.crop_size=67",
+       "--override", "model.num_classes=10"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  figures = json.loads(out.read_text())
+  # A peer whose interpreter cannot start is left out; the others are still compared.
+  assert figures["left_out"] == ["torch eager, PYTHONHOME=/nonexistent"]
+  ours, torch_row = figures["rows"]
+  assert ours["label"] == "ours (alexnet_jax)" and torch_row["label"] == "torch eager channels_last"
+  assert torch_row["ready"]["model"] == "torch.nn copy of torchvision's AlexNet, width 0.125"
+  assert torch_row["ready"]["settings"] == {}  # cuDNN and TF32 settings exist on GPUs only
+  assert torch_row["images_per_s"] > 0 and torch_row["ours_over_it"] > 0
+  with pytest.raises(SystemExit, match="the PyTorch peer is torchvision's layout"):
+    compare_torch.network(compare_torch.argparse.Namespace(config="configs/paper.py",
+                                                           override=[]))
 
 
 def test_pipeline_benchmark_measures_original_and_prepared_images(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 
 from alexnet_jax import data
 from alexnet_jax.data import DataError
-from runs import config_with
+from runs import BLOCKER, config_with
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,25 +61,6 @@ def test_evaluation_counts_every_example_once_and_has_ten_views():
   assert views["image"].shape == (64, 10, 32, 32, 3)
   with pytest.raises(DataError, match="synthetic data has no split 'holdout'"):
     data.dataset_info(synthetic_cfg(**{"data.eval_split": "holdout"}))
-
-
-BLOCKER = '''
-import importlib.abc, importlib.machinery, sys
-BLOCKED = ("tensorflow", "tensorflow_datasets", "sklearn")
-class _Refuse(importlib.abc.Loader):
-  def create_module(self, spec):
-    raise ImportError(f"{spec.name} is blocked in this test")
-  def exec_module(self, module):
-    raise ImportError(f"{module.__name__} is blocked in this test")
-class _Blocked(importlib.abc.MetaPathFinder):
-  """Every import of TensorFlow, tensorflow-datasets or scikit-learn fails (a look-up that
-  does not import, such as importlib.util.find_spec, still finds them)."""
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in BLOCKED:
-      return importlib.machinery.ModuleSpec(name, _Refuse())
-    return None
-sys.meta_path.insert(0, _Blocked())
-'''
 
 
 def train(workdir, epochs, blocker_dir):
