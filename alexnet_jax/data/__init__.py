@@ -5,6 +5,7 @@ Sources (cfg.data.name):
   synthetic     random images and labels of the config's shape, numpy only (measuring machines)
   imagenet2012  tensorflow-datasets, prepared on first use from the ILSVRC2012 tars (manual_dir)
   folder        DIR/train/<class>/*, DIR/val/<class>/* or Tiny ImageNet (cfg.data.folder)
+  fashion_mnist, mnist  the four IDX files in cfg.data.folder (default: Debian's), in memory
   other names   a prepared tensorflow-datasets image-classification dataset (cfg.data.data_dir)
 
 Batches: every global batch is cut into `shard_count` equal blocks of consecutive rows, and a
@@ -42,6 +43,9 @@ def _open_source(cfg):
     if data.name == "digits":
       from alexnet_jax.data.digits import DigitsSource
       _sources[key] = DigitsSource()
+    elif data.name in ("fashion_mnist", "mnist"):
+      from alexnet_jax.data.idx import open_source
+      _sources[key] = open_source(data.name, data.folder, data.data_dir)
     elif data.name == "folder":
       from alexnet_jax.data.folder import FolderSource
       _sources[key] = FolderSource(data.folder, data.train_split)
