@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import alexnet_jax.data as data
-from alexnet_jax import cli, configlib, train
+from alexnet_jax import cli, configlib, program
 from alexnet_jax.data import idx
 
 SIZE = 28
@@ -69,7 +69,7 @@ def make_cfg(folder, name="fashion_mnist", **fields):
 
 
 def eval_arrays(cfg, split):
-  batches = list(data.eval_iterator(cfg, split, process_index=0, process_count=1))
+  batches = list(data.eval_iterator(cfg, split, shard_index=0, shard_count=1))
   mask = np.concatenate([b["mask"] for b in batches])
   return (np.concatenate([b["image"] for b in batches])[mask],
           np.concatenate([b["label"] for b in batches])[mask])
@@ -97,7 +97,7 @@ def test_train_iterator_covers_the_train_file_once_per_epoch(fashion):
   folder, arrays = fashion
   cfg = make_cfg(folder, random_crop=False, flip=False, pca_lighting=0.0)
   steps = NUM_TRAIN // BATCH
-  batches = list(itertools.islice(data.train_iterator(cfg, process_index=0, process_count=1),
+  batches = list(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1),
                                   steps))
   lookup = {image.tobytes(): i for i, image in enumerate(arrays["train"][0])}
   seen = []
@@ -114,7 +114,7 @@ def test_train_iterator_covers_the_train_file_once_per_epoch(fashion):
 def test_augmented_and_upscaled_batches_have_the_crop_size(fashion):
   folder, _ = fashion
   cfg = make_cfg(folder, resize_size=36, crop_size=32, cache=True)  # random crops, flips, lighting
-  batch = next(data.train_iterator(cfg, process_index=0, process_count=1))
+  batch = next(data.train_iterator(cfg, shard_index=0, shard_count=1))
   assert batch["image"].shape == (BATCH, 32, 32, 3) and batch["image"].dtype == np.uint8
   images, _ = eval_arrays(cfg, "test")
   assert images.shape == (NUM_TEST, 32, 32, 3)
@@ -173,7 +173,7 @@ def test_prepared_tfds_is_used_when_the_default_folder_is_empty(default_folder, 
 def run_cli(capsys, monkeypatch, *overrides) -> str:
   monkeypatch.setattr(data, "_sources", {})
   compiled = []
-  monkeypatch.setattr(train, "make_train_step", lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(program, "make_train_step", lambda *a, **k: compiled.append(1))
   rc = cli.main(["train", "--config", os.path.join(REPO, "configs", "test.py"),
                  "--config.data.name=fashion_mnist", "--config.data.resize_size=32",
                  "--config.data.crop_size=28", *overrides])
