@@ -226,7 +226,7 @@ def test_tfds_eval_over_three_shards(shapes_dir):
 def test_unknown_and_unprepared_tfds_names(tmp_path):
   with pytest.raises(data.DataError, match="unknown dataset 'no_such_dataset_xyz'.*list_builders"):
     data.dataset_info(make_cfg("no_such_dataset_xyz", str(tmp_path)))
-  unprepared = f"'mnist' is not prepared.*tfds build mnist --data_dir={tmp_path}"
+  unprepared = f"'cifar10' is not prepared.*tfds build cifar10 --data_dir={tmp_path}"
   with pytest.raises(data.DataError, match=unprepared):
-    data.dataset_info(make_cfg("mnist", str(tmp_path)))
+    data.dataset_info(make_cfg("cifar10", str(tmp_path)))
   assert [f for _, _, files in os.walk(tmp_path) for f in files] == []  # nothing downloaded
