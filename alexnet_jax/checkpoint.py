@@ -30,6 +30,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -366,7 +367,12 @@ def _type_handlers():
 
 
 def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split()) or type(e).__name__
+  text = str(e)
+  # TensorStore appends its whole JSON spec ("[tensorstore_spec[1]='{...}']") and a method's
+  # repr ("See full TensorStore details: <bound method ...>"): noise in a one-line warning.
+  text = re.sub(r"\s*(\[tensorstore_spec|See full TensorStore details:).*", "", text,
+                flags=re.DOTALL)
+  text = " ".join(text.split()) or type(e).__name__
   return text if len(text) <= 300 else text[:297] + "..."
 
 

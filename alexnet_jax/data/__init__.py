@@ -18,7 +18,10 @@ its devices hold under the batch sharding (alexnet_jax.sharding.process_rows):
          in ops.ten_crop), label, mask (False on padding).
 
 Importing this package does not import TensorFlow: the model, train step and benchmarks run
-where TensorFlow is not installed. TensorFlow loads when a pipeline is first built.
+where TensorFlow is not installed. TensorFlow loads when a tf.data pipeline is first built: the
+train batches of every source but synthetic, the evaluation batches of files and tfds datasets.
+Evaluating synthetic data and the in-memory datasets (digits, Fashion-MNIST, MNIST:
+alexnet_jax.data.arrays) never loads it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from alexnet_jax.data import order, synthetic
+from alexnet_jax.data import arrays, order, synthetic
 from alexnet_jax.data.info import VIEWS, DataError, DatasetInfo
 
 __all__ = ["DataError", "DatasetInfo", "dataset_info", "steps_per_epoch", "train_iterator",
@@ -121,10 +124,15 @@ def eval_iterator(cfg, split: str | None = None, *, views: str = "center",
     return synthetic.eval_iterator(cfg, split or cfg.data.eval_split, views=views,
                                    global_batch=global_batch, shard_index=shard_index,
                                    shard_count=shard_count)
+  source = _open_source(cfg)
+  if isinstance(source, arrays.InMemorySource):  # numpy only: no TensorFlow
+    squares, labels = source.squares(split or cfg.data.eval_split, cfg.data.resize_size)
+    return arrays.eval_iterator(squares, labels, crop_size=cfg.data.crop_size, views=views,
+                                global_batch=global_batch, shard_index=shard_index,
+                                shard_count=shard_count)
   from alexnet_jax.data import pipeline
 
-  pipeline.make_eval_example(cfg.data.crop_size, views)  # rejects unknown views early
-  data_split = _open_source(cfg).split(split or cfg.data.eval_split, pipeline.split_options(cfg))
+  data_split = source.split(split or cfg.data.eval_split, pipeline.split_options(cfg))
   batches = pipeline.eval_batches(cfg, data_split, views=views, global_batch=global_batch,
                                   shard_index=shard_index, shard_count=shard_count)
   return batches.as_numpy_iterator()

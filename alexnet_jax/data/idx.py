@@ -34,6 +34,7 @@ import zlib
 
 import numpy as np
 
+from alexnet_jax.data.arrays import InMemorySource
 from alexnet_jax.data.info import DataError, DatasetInfo, logger
 
 # split -> (images file, labels file)
@@ -127,7 +128,7 @@ def missing_files(folder: str) -> list[str]:
   return [f for pair in FILES.values() for f in pair if _path(folder, f) is None]
 
 
-class IdxSource:
+class IdxSource(InMemorySource):
   """The four files of `dataset` in `folder`, read and checked at once."""
 
   def __init__(self, dataset: IdxDataset, folder: str):
@@ -143,7 +144,6 @@ class IdxSource:
                       f"images {shapes['test']}; the files must come from the same dataset")
     logger.info("%s: %s", dataset.name, ", ".join(
         f"{len(labels)} {split} images" for split, (_, labels) in self.arrays.items()))
-    self._splits: dict = {}  # (split, options) -> split, so a cache is built once per process
 
   def _file_split(self, split: str) -> str:
     if split not in SPLITS:
@@ -156,15 +156,8 @@ class IdxSource:
     return DatasetInfo(num_classes=len(self.dataset.class_names),
                        class_names=self.dataset.class_names, num_examples=counts)
 
-  def split(self, name: str, options):
-    from alexnet_jax.data import splits  # TensorFlow from here on
-
-    if (name, options) not in self._splits:
-      images, labels = self.arrays[self._file_split(name)]
-      split = splits.ArraySplit(images, labels, options)
-      self._splits[name, options] = (splits.materialize(split, f"{self.dataset.name} {name}")
-                                     if options.cache else split)
-    return self._splits[name, options]
+  def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    return self.arrays[self._file_split(split)]
 
 
 def open_source(name: str, folder: str, data_dir: str):
