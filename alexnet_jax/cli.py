@@ -27,15 +27,14 @@ def cmd_train(args, overrides: list[str]) -> int:
 
   distributed.initialize(args)  # before any other JAX call
 
-  from alexnet_jax import checkpoint, train, workdir as workdir_lib
+  from alexnet_jax import checkpoint, train
   from alexnet_jax.experiments import curves  # DIR/curves.png, redrawn at every evaluation
 
   cfg = load_config(args.config, overrides)
   workdir = args.workdir or configlib.default_workdir(args.config)
   try:
     # Checks the whole config first: a refused command writes nothing into the directory.
-    with workdir_lib.open_run(cfg, workdir):
-      result = train.train_and_evaluate(cfg, workdir, after_eval=[curves.write_after_eval])
+    result = train.train_and_evaluate(cfg, workdir, after_eval=[curves.write_after_eval])
   except checkpoint.Interrupted as e:
     print(f"{e}. To resume, run the same command again: {_command_line()}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGTERM)  # what a shell reports for a signal: not success

@@ -445,7 +445,7 @@ def run_compare(cfg, strategies: Sequence[str], meshes: dict[str, str], workdir:
   for name in strategies:  # check every strategy against the config before compiling any
     c = strategy_config(cfg, name, meshes.get(name, ""))
     try:
-      shard_lib.setup(c, devices)
+      program_lib.validate(c, devices)
     except configlib.ConfigError as e:
       raise configlib.ConfigError(f"compare {name}: {e}") from None
     configs.append(c)

@@ -322,23 +322,11 @@ def default_workdir(config_name: str) -> str:
 
 
 def validate(cfg: ml_collections.ConfigDict, *, data_axis: int = 1) -> None:
-  """Raise ConfigError for a config that cannot work. `data_axis`: devices the batch splits over."""
-  from alexnet_jax import model as model_lib
-  from alexnet_jax import optim
-
-  try:
-    variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
-    model_lib.check_options(variant, opts,
-                            other_input_size=cfg.model.get("allow_other_input_size", False))
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
+  """Raise ConfigError for field values that cannot work. `data_axis`: devices the batch splits
+  over. The model's and optimizer's own choices are checked beside these by program.validate,
+  the one place a config is validated."""
   d, o = cfg.data, cfg.optim
   checks = [
-      (o.name in optim.OPTIMIZERS,
-       f"config.optim.name={o.name!r}: choose one of {', '.join(optim.OPTIMIZERS)}"),
-      (o.schedule in optim.SCHEDULES,
-       f"config.optim.schedule={o.schedule!r}: choose one of {', '.join(optim.SCHEDULES)}"),
       (o.learning_rate >= 0, f"config.optim.learning_rate={o.learning_rate}: must be >= 0"),
       (o.weight_decay >= 0, f"config.optim.weight_decay={o.weight_decay}: must be >= 0"),
       (0 <= o.momentum < 1, f"config.optim.momentum={o.momentum}: must be in [0, 1)"),

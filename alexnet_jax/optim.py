@@ -21,6 +21,15 @@ OPTIMIZERS = ("sgdw", "sgd", "paper", "lars")
 SCHEDULES = ("constant", "plateau", "step", "warmup_cosine")
 
 
+def check_config(optim_cfg) -> None:
+  """Raise ValueError naming the field for an optimizer or schedule this module does not have."""
+  if optim_cfg.name not in OPTIMIZERS:
+    raise ValueError(f"config.optim.name={optim_cfg.name!r}: choose one of {', '.join(OPTIMIZERS)}")
+  if optim_cfg.schedule not in SCHEDULES:
+    raise ValueError(f"config.optim.schedule={optim_cfg.schedule!r}: choose one of "
+                     f"{', '.join(SCHEDULES)}")
+
+
 def path_str(path) -> str:
   """A tree path as 'conv1/kernel' (the names sharding rules and masks match against)."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)

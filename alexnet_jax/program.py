@@ -1,10 +1,11 @@
 """The one train program: what `train` runs, `bench` times, `compare` measures and `evaluate` and
 the experiments read parameters with.
 
-`build(cfg, devices)` does, in order:
-  validate - the whole config against the devices, once, before anything compiles
-             (sharding.setup: fields, mesh, model options, strategy x model)
-  mesh     - the strategy's mesh
+`validate(cfg, devices)` is the one place a config is checked: its fields, the model's and the
+optimizer's choices, the strategy and its mesh on the devices, the model against the strategy;
+ConfigError, one line naming the field, before anything compiles. It returns a Plan (the
+strategy and its mesh), and `build(cfg, devices, plan=...)` does, in order:
+  plan     - validate, unless the caller did (train validates before it writes anything)
   model    - the Flax NNX module as a static graphdef and pure functions of (params, model_state),
              with the strategy's tower map and activation constraints bound inside
   optim    - the optax chain and the learning-rate schedule
@@ -28,6 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from alexnet_jax import configlib
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -204,16 +206,45 @@ class Program:
         for batch in batches)
 
 
-def build(cfg, devices: Sequence[jax.Device] | None = None, *, steps_per_epoch: int = 1000,
-          total_steps: int = 100_000, compiler_options: dict | None = None) -> Program:
-  """The program of `cfg` on `devices` (default: every device of every process).
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A config checked against its devices: the strategy and the mesh it runs on."""
+  strategy: shard_lib.Strategy
+  mesh: jax.sharding.Mesh
 
-  `steps_per_epoch` and `total_steps` shape the learning-rate schedule (train passes the
-  dataset's; the cost of a step does not depend on them). `compiler_options` go to XLA for the
-  steps (tests turn optimisation off). Raises ConfigError, one line naming the field, for a
-  config that cannot run here.
+
+def validate(cfg, devices: Sequence[jax.Device] | None = None) -> Plan:
+  """Check the whole config against `devices` (default: every device of every process).
+
+  Raises ConfigError, one line naming the field, for a config that cannot run here: an unknown
+  strategy or a mesh that does not fit the devices, a model option, a field value, an optimizer
+  or schedule, a model the strategy cannot hold.
   """
   strategy, mesh = shard_lib.setup(cfg, devices)
+  try:
+    variant, opts = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
+    model_lib.check_options(variant, opts,
+                            other_input_size=cfg.model.get("allow_other_input_size", False))
+    configlib.validate(cfg, data_axis=shard_lib.data_axis_size(mesh, strategy))
+    optim.check_config(cfg.optim)
+  except ValueError as e:
+    raise configlib.ConfigError(str(e)) from None
+  strategy.check_model(variant, tuple(mesh.shape.values()))
+  return Plan(strategy, mesh)
+
+
+def build(cfg, devices: Sequence[jax.Device] | None = None, *, plan: Plan | None = None,
+          steps_per_epoch: int = 1000, total_steps: int = 100_000,
+          compiler_options: dict | None = None) -> Program:
+  """The program of `cfg` on `devices` (default: every device of every process).
+
+  `plan`: what validate(cfg, devices) returned, when the caller has validated already (it is
+  not checked twice). `steps_per_epoch` and `total_steps` shape the learning-rate schedule
+  (train passes the dataset's; the cost of a step does not depend on them). `compiler_options`
+  go to XLA for the steps (tests turn optimisation off).
+  """
+  plan = plan or validate(cfg, devices)
+  strategy, mesh = plan.strategy, plan.mesh
   fns = model_fns(cfg, strategy.tower_map(mesh), strategy.constrain(mesh))
   tx = optim.make_optimizer(cfg.optim)
   schedule = optim.make_schedule(cfg.optim, steps_per_epoch, total_steps)

@@ -241,20 +241,15 @@ def data_axis_size(mesh: Mesh, strategy: Strategy) -> int:
 
 
 def setup(cfg, devices: Sequence[jax.Device] | None = None) -> tuple[Strategy, Mesh]:
-  """The config's strategy and mesh, after checking the whole config against them.
+  """The config's strategy and its mesh over `devices` (default: every device of every process).
 
-  Raises ConfigError (one line naming the field) for an unknown strategy, a mesh that does not
-  match the devices, a model the strategy cannot hold, or a batch the data axis does not divide:
-  before anything compiles.
+  Raises ConfigError (one line naming the field) for an unknown strategy or a mesh that does not
+  match the devices. The rest of the config is checked against them by program.validate.
   """
   devices = jax.devices() if devices is None else list(devices)
   strategy = get_strategy(cfg.sharding.strategy)
   shape = parse_mesh_shape(cfg.sharding.mesh, strategy, len(devices))
-  mesh = make_mesh(strategy, shape, devices)
-  configlib.validate(cfg, data_axis=data_axis_size(mesh, strategy))
-  variant, _ = model_lib.options_from_config(cfg.model, cfg.data.crop_size)
-  strategy.check_model(variant, shape)
-  return strategy, mesh
+  return strategy, make_mesh(strategy, shape, devices)
 
 
 # --- placing arrays -------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Flow of `train_and_evaluate(cfg, workdir)`:
   input    - dataset info (its size shapes the schedule)
-  program  - program.build: validation, mesh, model, optimizer, state shardings, the batch
+  validate - program.validate and the dataset's metadata, then the work directory is locked
+  program  - program.build: mesh, model, optimizer, state shardings, the batch
              feeds (which rows this process loads), the jitted train and eval steps
   state    - restored from the latest checkpoint onto the program's shardings, or created
   loop     - batches fed by the program's feed, progress, metrics, evaluation, plateau
@@ -26,6 +27,7 @@ from alexnet_jax import configlib
 from alexnet_jax import optim
 from alexnet_jax import profiling
 from alexnet_jax import program as program_lib
+from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.metric_writer import MetricWriter
 
 log = logging.getLogger("alexnet_jax.train")
@@ -69,23 +71,35 @@ def train_and_evaluate(cfg, workdir: str, *,
                        after_eval: Sequence[Callable[[str], None]] = ()) -> dict[str, float]:
   """Train `cfg` in `workdir` (resuming from its latest checkpoint), return final eval metrics.
 
-  `after_eval`: functions of the work directory that process 0 calls after every evaluation,
-  once its metrics are written (the command line redraws DIR/curves.png there).
+  The config is validated once (program.validate, then against the dataset) before anything is
+  written; then the work directory is checked and locked and its config.json written
+  (workdir.open_run), so a refused command leaves it as it was. `after_eval`: functions of the
+  work directory that process 0 calls after every evaluation, once its metrics are written (the
+  command line redraws DIR/curves.png there).
   """
   from alexnet_jax import data  # the input pipeline; imports TensorFlow lazily
 
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-
-  # --- input: the dataset's size shapes the schedule ---
+  plan = program_lib.validate(cfg)
   info = data.dataset_info(cfg)
   configlib.check_against_dataset(cfg, info)
+  with workdir_lib.open_run(cfg, workdir):
+    return _train(cfg, workdir, plan, info, after_eval)
+
+
+def _train(cfg, workdir: str, plan: program_lib.Plan, info,
+           after_eval: Sequence[Callable[[str], None]]) -> dict[str, float]:
+  from alexnet_jax import data
+
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)  # process 0 made it under the lock; on a shared disk too
+  # --- input: the dataset's size shapes the schedule ---
   steps_per_epoch = data.steps_per_epoch(cfg, info)
   total_steps = max(1, int(round(cfg.num_epochs * steps_per_epoch)))
   eval_every = max(1, int(round(cfg.eval_every_epochs * steps_per_epoch)))
 
-  # --- the program: validation, mesh, model, optimizer, shardings, feeds, jitted steps ---
-  program = program_lib.build(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  # --- the program: mesh, model, optimizer, shardings, feeds, jitted steps ---
+  program = program_lib.build(cfg, plan=plan, steps_per_epoch=steps_per_epoch,
+                              total_steps=total_steps)
   plateau = optim.Plateau.from_config(cfg.optim)
 
   # --- state: restored onto this program's shardings (any strategy or mesh can resume), or

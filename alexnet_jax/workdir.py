@@ -286,24 +286,14 @@ def _short(e: BaseException) -> str:
 # --- starting a run ---------------------------------------------------------------------------
 
 
-def check_config(cfg) -> None:
-  """Everything train checks before it starts, without writing anything: the whole config against
-  the devices and strategy (sharding.setup) and against the dataset's metadata."""
-  from alexnet_jax import data
-  from alexnet_jax import sharding
-
-  sharding.setup(cfg)
-  configlib.check_against_dataset(cfg, data.dataset_info(cfg))
-
-
 @contextlib.contextmanager
 def open_run(cfg, workdir: str) -> Iterator[None]:
-  """Check `cfg` in full and against the run in `workdir`, then lock the directory and write
-  config.json; the lock is held until the block ends. A command refused here has written
-  nothing. Only process 0 locks and writes; every process checks."""
+  """Check `cfg` against the run in `workdir`, then lock the directory and write config.json;
+  the lock is held until the block ends. The caller has validated `cfg` itself already
+  (train.train_and_evaluate): a command refused before or here has written nothing. Only
+  process 0 locks and writes; every process checks."""
   import jax
 
-  check_config(cfg)
   check_run(workdir, cfg)
   is_main = jax.process_index() == 0
   if is_main:

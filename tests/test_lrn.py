@@ -8,6 +8,7 @@ from flax import nnx
 
 from alexnet_jax import configlib
 from alexnet_jax import model as M
+from alexnet_jax import program
 
 IMPLS = ("reduce_window", "matmul", "slices")
 # (k, n, alpha, beta): the paper's, and one where the normalisation dominates.
@@ -159,5 +160,5 @@ def test_a_bad_lrn_field_is_one_line_naming_it(field, value, needle):
   cfg = configlib.base_config()
   cfg.model[field] = value
   with pytest.raises(configlib.ConfigError) as e:
-    configlib.validate(cfg)
+    program.validate(cfg)
   assert needle in str(e.value) and "\n" not in str(e.value)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import configlib, profiling
+from alexnet_jax import configlib, profiling, program
 
 
 @pytest.mark.parametrize("spec, steps", [("", None), ("  ", None), ("5", (5, 5)),
@@ -24,7 +24,7 @@ def test_a_bad_spec_is_one_line_naming_the_field(spec):
   cfg = configlib.base_config()
   cfg.profile_steps = spec
   with pytest.raises(configlib.ConfigError) as e:
-    configlib.validate(cfg)
+    program.validate(cfg)
   message = str(e.value)
   assert message.startswith(f"config.profile_steps={spec!r}: ") and "\n" not in message
 

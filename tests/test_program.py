@@ -82,3 +82,25 @@ def test_feed_states_the_global_shape_and_rows_per_process():
     np.testing.assert_array_equal(np.asarray(shards[row[0]]), np.asarray(shards[row[1]]))
   with pytest.raises(ValueError, match="has 16 rows on process 0, but its devices hold 32"):
     feed.put(synthetic.block(batch, 0, 2))  # half a batch is an error, never a smaller batch
+
+
+def test_train_validates_its_config_once_before_writing_anything(tmp_path, monkeypatch):
+  """The field checks, the model's option checks and the strategy/mesh set-up each run once on
+  the way from `train_and_evaluate` to the built program; nothing is written before them."""
+  from collections import Counter
+
+  from alexnet_jax import configlib, workdir
+  from alexnet_jax import model as model_lib
+
+  counts, events = Counter(), []
+  for module, name in ((configlib, "validate"), (model_lib, "check_options"),
+                       (sharding, "setup"), (workdir, "open_run")):
+    def counted(*args, _real=getattr(module, name), _name=name, **kwargs):
+      counts[_name] += 1
+      events.append(_name)
+      return _real(*args, **kwargs)
+    monkeypatch.setattr(module, name, counted)
+  cfg = config_with(**{"sharding.strategy": "two_tower", "sharding.mesh": "4x2"})
+  train_program(cfg, tmp_path / "run", monkeypatch)
+  assert counts == {"validate": 1, "check_options": 1, "setup": 1, "open_run": 1}
+  assert events.index("open_run") > events.index("validate")  # checked, then written

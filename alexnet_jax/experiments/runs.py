@@ -28,13 +28,11 @@ def train_run(cfg, workdir: str) -> dict[str, float]:
   experiment over many runs, one unstable setting is a result to report, not a reason to stop."""
   from alexnet_jax import train
   from alexnet_jax.experiments import curves
-  from alexnet_jax import workdir as workdir_lib
 
   try:
     # As `launch.py train`: the config checked in full before anything is written, the run's
     # directory locked while it trains.
-    with workdir_lib.open_run(cfg, workdir):
-      metrics = train.train_and_evaluate(cfg, workdir, after_eval=[curves.write_after_eval])
+    metrics = train.train_and_evaluate(cfg, workdir, after_eval=[curves.write_after_eval])
   except train.NonFiniteLoss as e:
     log.warning("the run in %s diverged: %s", workdir, e)
     return {"top1_err": math.nan, "top5_err": math.nan, "count": math.nan, "diverged": True}
