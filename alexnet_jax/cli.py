@@ -247,14 +247,14 @@ def entry_point() -> int:
 
   Tests call `main` directly and so leave their own process's malloc alone.
   """
-  from alexnet_jax import host_memory
-  host_memory.keep_freed_memory()  # before JAX starts its threads
+  from alexnet_jax import backend
+  backend.keep_host_memory()  # before JAX starts its threads
   return main()
 
 
 def main(argv: list[str] | None = None) -> int:
-  from alexnet_jax import compile_cache, xla_flags
-  xla_flags.apply_defaults()  # before JAX starts: XLA reads XLA_FLAGS once
+  from alexnet_jax import backend, compile_cache
+  backend.start_up()  # before JAX starts: XLA reads XLA_FLAGS once
   compile_cache.enable()  # before anything compiles
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):

@@ -140,7 +140,7 @@ def activation_shapes(cfg, built: Built) -> dict[str, jax.ShapeDtypeStruct]:
     seen.setdefault(point, jax.ShapeDtypeStruct(x.shape, x.dtype))
     return x
 
-  fns = program_lib.model_fns(cfg, constrain=record)
+  fns = program_lib.model_fns(cfg, model_lib.Placement(constrain=record))
 
   images = jax.ShapeDtypeStruct((cfg.batch_size, cfg.data.crop_size, cfg.data.crop_size, 3),
                                 model_lib.DTYPES[cfg.model.dtype])

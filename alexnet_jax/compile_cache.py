@@ -30,7 +30,7 @@ import logging
 import os
 import warnings
 
-from alexnet_jax import xla_flags
+from alexnet_jax.backend import xla_flags
 
 log = logging.getLogger(__name__)
 

@@ -371,9 +371,10 @@ def describe_model_choices(cfg: ml_collections.ConfigDict) -> list[str]:
   from flax import nnx
 
   from alexnet_jax import model as model_lib
+  from alexnet_jax.backend import ops
 
   m = cfg.model
-  impl = model_lib.resolve_conv_impl(m.conv_impl)
+  impl = ops.resolve_conv_impl(m.conv_impl)
   names = {"xla": "XLA's convolutions", "onednn": "oneDNN through XLA:CPU's custom call"}
   how = (f"config.model.conv_impl=auto on {jax.device_count()} {jax.default_backend()} "
          f"device{'s' if jax.device_count() > 1 else ''}") if m.conv_impl == "auto" else (

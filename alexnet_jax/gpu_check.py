@@ -592,19 +592,21 @@ def cmd(args, overrides: list[str]) -> int:
 
 def environment() -> dict:
   """This machine as the commands see it: start-up settings made as launch.py makes them."""
-  from alexnet_jax import compile_cache, host_memory, xla_flags
-  mallopt = host_memory.keep_freed_memory()
-  xla_flags.apply_defaults()
+  from alexnet_jax import backend, compile_cache
+  from alexnet_jax.backend import xla_flags
+  mallopt = backend.keep_host_memory()
+  backend.start_up()
   cache = compile_cache.enable()
   entries = len(os.listdir(cache)) if cache and os.path.isdir(cache) else 0
   import jax
 
-  from alexnet_jax import bench, compare, model, train  # noqa: F401 (what the parts import)
+  from alexnet_jax import bench, compare, train  # noqa: F401 (what the parts import)
+  from alexnet_jax.backend import ops
   from alexnet_jax.data import synthetic  # noqa: F401
 
   devices = jax.devices()
-  conv = model.resolve_conv_impl("auto")
-  pool = "slices" if model.pool_function("auto") is model.POOL_IMPLS["slices"] else "reduce_window"
+  conv = ops.resolve_conv_impl("auto")
+  pool = ops.resolve_pool_impl("auto")
   versions = {}
   for package in ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax",
                   "orbax-checkpoint", "numpy", "ml_collections", "tqdm", "torch", "torchvision"):
@@ -641,7 +643,7 @@ def environment() -> dict:
           "sliced max pooling": (pool == "slices", f"pool_impl auto -> {pool}"),
       },
       # What the variants' base row runs: each field's default, `auto` resolved here.
-      "base_impls": {"pool_impl": pool, "lrn_impl": model.resolve_lrn_impl("auto"),
+      "base_impls": {"pool_impl": pool, "lrn_impl": ops.resolve_lrn_impl("auto"),
                      "tower_impl": "unrolled", "conv1_impl": "direct"},
       "tensorflow_imported": "tensorflow" in sys.modules,
       "missing": [m for m in OPTIONAL_PACKAGES if importlib.util.find_spec(m) is None],

@@ -52,24 +52,21 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class ModelFns:
   """The model's static structure plus pure functions of (params, model_state); the placement
-  of its towers and activations (a sharding strategy's) is bound here, not passed per call."""
+  of its towers and activations (a sharding strategy's) is part of the structure, bound when the
+  model was built, not passed per call."""
   graphdef: Any
   init: Callable[[jax.Array], tuple[Any, Any]]  # key -> (params, model_state)
-  tower_map: model_lib.TowerMap | None = None
-  constrain: model_lib.Constrain | None = None
 
   def apply(self, params, model_state, images, *, train, dropout_key=None):
     """-> (logits, new model_state)."""
     model = nnx.merge(self.graphdef, params, model_state)
-    logits = model(images, train=train, dropout_key=dropout_key, tower_map=self.tower_map,
-                   constrain=self.constrain)
+    logits = model(images, train=train, dropout_key=dropout_key)
     return logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
 
   def embed(self, params, model_state, images):
     """Images -> fc7 activations (inference mode)."""
     model = nnx.merge(self.graphdef, params, model_state)
-    return model.embed(images, train=False, tower_map=self.tower_map,
-                       constrain=self.constrain)[0]
+    return model.embed(images, train=False)[0]
 
   def probabilities(self, cfg, params, model_state, images_uint8):
     """uint8 images (B, H, W, 3) or views (B, V, H, W, 3) -> class probabilities (B, classes),
@@ -81,18 +78,18 @@ class ModelFns:
     return metrics_lib.view_probabilities(logits, lead)
 
 
-def model_fns(cfg, tower_map: model_lib.TowerMap | None = None,
-              constrain: model_lib.Constrain | None = None) -> ModelFns:
-  """The model of `cfg`; without a tower map it maps towers its own way (config.model.tower_impl)."""
+def model_fns(cfg, placement: model_lib.Placement = model_lib.Placement()) -> ModelFns:
+  """The model of `cfg` with `placement` bound; without a tower map it maps towers its own way
+  (config.model.tower_impl)."""
   def build(key):
-    return model_lib.create_model(cfg.model, cfg.data.crop_size, nnx.Rngs(params=key))
+    return model_lib.create_model(cfg.model, cfg.data.crop_size, nnx.Rngs(params=key), placement)
 
   def init(key):
     _, params, rest = nnx.split(build(key), nnx.Param, ...)
     return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
   graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(jax.random.key(0))), nnx.Param, ...)
-  return ModelFns(graphdef, init, tower_map, constrain)
+  return ModelFns(graphdef, init)
 
 
 def init_state_fn(fns: ModelFns, tx: optax.GradientTransformation, seed: int) -> Callable:
@@ -245,7 +242,7 @@ def build(cfg, devices: Sequence[jax.Device] | None = None, *, plan: Plan | None
   """
   plan = plan or validate(cfg, devices)
   strategy, mesh = plan.strategy, plan.mesh
-  fns = model_fns(cfg, strategy.tower_map(mesh), strategy.constrain(mesh))
+  fns = model_fns(cfg, strategy.placement(mesh))
   tx = optim.make_optimizer(cfg.optim)
   schedule = optim.make_schedule(cfg.optim, steps_per_epoch, total_steps)
   init = init_state_fn(fns, tx, cfg.seed)

@@ -108,6 +108,12 @@ class Strategy:
     second = self.default_second(num_devices)
     return (num_devices // second, second)
 
+  def placement(self, mesh: Mesh) -> model_lib.Placement:
+    """Where the model's towers and activations go on `mesh`, bound into the model once."""
+    return model_lib.Placement(
+        tower_map=self.tower_map(mesh),
+        constrain=self.constrain(mesh) or model_lib.no_constraint)
+
   def tower_map(self, mesh: Mesh) -> model_lib.TowerMap | None:
     """How the model maps its towers; None: the model's own choice (config.model.tower_impl)."""
     if self.tower_axis is None:

@@ -60,9 +60,9 @@ def serve(run_steps, ready: dict) -> None:
 
 def serve_ours(args) -> None:
   sys.path.insert(0, ROOT)
-  from alexnet_jax import compile_cache, host_memory, xla_flags
-  host_memory.keep_freed_memory()  # as launch.py does, before JAX starts
-  xla_flags.apply_defaults()
+  from alexnet_jax import backend, compile_cache
+  backend.keep_host_memory()  # as launch.py does, before JAX starts
+  backend.start_up()
   compile_cache.enable()  # a program `launch.py bench` compiled is read back, not compiled again
   from alexnet_jax import bench, configlib
 

@@ -6,8 +6,8 @@ Where the whole train step is slower than PyTorch's, this says which layer and w
 (forward, input gradient, weight gradient) the time goes to. Ours are timed pass by pass as
 separate jit-compiled functions over NHWC arrays, with the XLA flags `launch.py` sets at
 start-up, twice: XLA's own convolutions (config.model.conv_impl=xla) and the oneDNN custom call
-(conv_impl=onednn, alexnet_jax/onednn.py: forward and input gradient in oneDNN, the weight
-gradient still XLA's). PyTorch's: forward alone and forward + backward (both gradients at once,
+(conv_impl=onednn, alexnet_jax/backend/cpu/onednn.py: forward and input gradient in oneDNN, the
+weight gradient still XLA's). PyTorch's: forward alone and forward + backward (both gradients at once,
 as autograd runs them) over channels_last tensors. Medians of --repeats calls after one warm-up,
 in ms of wall time. conv1 needs no input gradient (its input is the image).
 """
@@ -95,13 +95,13 @@ def main(argv=None) -> int:
   if args.batch < 1 or args.repeats < 1:
     parser.error("--batch and --repeats must be >= 1")
 
-  from alexnet_jax import xla_flags
-  flags = xla_flags.apply_defaults()  # before JAX starts, as launch.py does
+  from alexnet_jax import backend
+  flags = backend.start_up()  # before JAX starts, as launch.py does
   print(f"# batch {args.batch}, median of {args.repeats}; XLA flags added: {flags or 'none'}")
   if not args.no_torch:
     import torch
     torch.set_num_threads(args.threads)
-  from alexnet_jax import onednn
+  from alexnet_jax.backend.cpu import onednn
   ours = {"XLA": onednn.xla_conv}
   if onednn.available():
     ours["oneDNN"] = onednn.conv2d

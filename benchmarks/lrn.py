@@ -50,17 +50,18 @@ def main(argv=None) -> int:
   if args.batch < 1 or args.repeats < 1:
     parser.error("--batch and --repeats must be >= 1")
 
-  from alexnet_jax import xla_flags
-  xla_flags.apply_defaults()  # before JAX starts, as launch.py does
+  from alexnet_jax import backend
+  backend.start_up()  # before JAX starts, as launch.py does
 
   import jax
   import jax.numpy as jnp
 
   from alexnet_jax import model
+  from alexnet_jax.backend import ops
 
-  impls = [i for i in model.LRN_IMPLS if i != "auto"]
+  impls = [i for i in ops.LRN_IMPLS if i != "auto"]
   print(f"# {jax.default_backend()} ({jax.devices()[0].device_kind}), batch {args.batch}, "
-        f"{args.dtype}, median of {args.repeats}; auto = {model.resolve_lrn_impl('auto')}")
+        f"{args.dtype}, median of {args.repeats}; auto = {ops.resolve_lrn_impl('auto')}")
   dtype = getattr(jnp, args.dtype)
   for name, side, channels in PAPER_LRNS:
     shape = (TOWERS, args.batch, side, side, channels)

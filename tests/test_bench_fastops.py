@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alexnet_jax import fastops
 from alexnet_jax import model as M
+from alexnet_jax.backend import ops, xla
+from alexnet_jax.backend.cpu import fastops
 from alexnet_jax.configlib import base_config
 
 
@@ -20,7 +21,7 @@ def test_sliced_max_pool_equals_reduce_window_with_ties(window, stride, size):
   key_x, key_g = jax.random.split(jax.random.key(size))
   # ReLU outputs rounded to quarters: many windows hold their maximum twice or more (zeros).
   x = jnp.round(jax.nn.relu(jax.random.normal(key_x, (3, size, size + 1, 5))) * 4) / 4
-  reference = M.max_pool(x, window, stride)
+  reference = xla.max_pool(x, window, stride)
   ours = fastops.max_pool(x, window, stride)
   np.testing.assert_array_equal(ours, reference)
   # Integer cotangents: where windows overlap, sums are exact in any order, so equality below
@@ -28,7 +29,7 @@ def test_sliced_max_pool_equals_reduce_window_with_ties(window, stride, size):
   g = jax.random.randint(key_g, reference.shape, -8, 9).astype(jnp.float32)
   # select_and_scatter's gradient: each window's gradient to its first maximum, row-major.
   np.testing.assert_array_equal(grads(lambda v: fastops.max_pool(v, window, stride), x, g),
-                                grads(lambda v: M.max_pool(v, window, stride), x, g))
+                                grads(lambda v: xla.max_pool(v, window, stride), x, g))
 
 
 def test_sliced_max_pool_gradient_goes_to_the_first_maximum():
@@ -44,10 +45,10 @@ def test_sliced_max_pool_gradient_goes_to_the_first_maximum():
 
 def test_sliced_max_pool_in_bfloat16():
   x = jax.random.normal(jax.random.key(1), (2, 13, 13, 4)).astype(jnp.bfloat16)
-  np.testing.assert_array_equal(fastops.max_pool(x, 3, 2), M.max_pool(x, 3, 2))
+  np.testing.assert_array_equal(fastops.max_pool(x, 3, 2), xla.max_pool(x, 3, 2))
   g = jnp.ones((2, 6, 6, 4), jnp.bfloat16)
   np.testing.assert_array_equal(grads(lambda v: fastops.max_pool(v, 3, 2), x, g),
-                                grads(lambda v: M.max_pool(v, 3, 2), x, g))
+                                grads(lambda v: xla.max_pool(v, 3, 2), x, g))
 
 
 @pytest.mark.parametrize("size, padding", [(224, 2), (227, 0)])
@@ -55,7 +56,7 @@ def test_space_to_depth_conv1_equals_the_strided_convolution(size, padding):
   key_x, key_w, key_g = jax.random.split(jax.random.key(size), 3)
   x = jax.random.normal(key_x, (1, size, size, 3))
   w = jax.random.normal(key_w, (11, 11, 3, 4)) * 0.05
-  direct = lambda x, w: M.conv2d(x, w, 4, padding)
+  direct = lambda x, w: xla.conv2d(x, w, 4, padding)
   folded = lambda x, w: fastops.strided_conv_as_space_to_depth(x, w, 4, padding)
   ref = direct(x, w)
   np.testing.assert_allclose(folded(x, w), ref, atol=2e-5, rtol=1e-5)
@@ -88,7 +89,8 @@ def test_model_pool_and_conv1_choices_are_wired_in():
   assert "reduce_window_max" not in sliced and "select_and_scatter_add" not in sliced
   assert "custom_vjp_call" in jaxpr_text(build(pool_impl="slices"), x, grad=False)
   # conv1 of `small` has stride 1: space_to_depth leaves it alone. owt's (stride 4) folds.
-  assert build(conv1_impl="space_to_depth")._conv_function(M.VARIANTS["small"].convs[0]) is M.conv2d
+  small_conv1 = M.VARIANTS["small"].convs[0]
+  assert build(conv1_impl="space_to_depth")._conv_function(small_conv1) is xla.conv2d
   owt = nnx.eval_shape(lambda: M.create_model(_owt_cfg(conv1_impl="space_to_depth"), 224,
                                               nnx.Rngs(0)))
   assert owt._conv_function(owt.conv_specs[0]) is fastops.strided_conv_as_space_to_depth
@@ -104,8 +106,8 @@ def _owt_cfg(**fields):
 
 
 def test_auto_pooling_takes_slices_on_cpu():
-  assert M.pool_function("auto") is fastops.max_pool  # the tests run on CPU
-  assert M.pool_function("reduce_window") is M.max_pool
+  assert ops.pool_function("auto") is fastops.max_pool  # the tests run on CPU
+  assert ops.pool_function("reduce_window") is xla.max_pool
 
 
 @pytest.mark.parametrize("field, value", [("pool_impl", "fft"), ("conv1_impl", "winograd")])

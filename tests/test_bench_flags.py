@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from alexnet_jax import xla_flags
+from alexnet_jax.backend import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -107,7 +107,8 @@ def test_a_folder_of_ones_own_and_jaxs_own_variable(tmp_path):
 
 ONEDNN_PROGRAM = """
 import json
-from alexnet_jax import compile_cache, onednn
+from alexnet_jax import compile_cache
+from alexnet_jax.backend.cpu import onednn
 compile_cache.enable()
 import jax, jax.numpy as jnp
 x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))

@@ -1,5 +1,5 @@
 """Freed host memory is kept for reuse: a large block freed by a worker thread comes back with no
-page faults, as XLA:CPU's per-step temporary buffers do (alexnet_jax/host_memory.py)."""
+page faults, as XLA:CPU's per-step temporary buffers do (alexnet_jax/backend/cpu/host_memory.py)."""
 
 import os
 import subprocess
@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from alexnet_jax import host_memory
+from alexnet_jax import backend
+from alexnet_jax.backend.cpu import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = r"""
 import ctypes, resource, sys, threading
 sys.path.insert(0, sys.argv[1])
-from alexnet_jax import host_memory
+from alexnet_jax.backend.cpu import host_memory
 applied = host_memory.keep_freed_memory({}, gpu=False) if sys.argv[2] == "keep" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -78,6 +79,6 @@ def test_each_setting_is_passed_to_mallopt(monkeypatch):
 def test_the_program_applies_them_before_main(monkeypatch):
   from alexnet_jax import cli
   order = []
-  monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: order.append("malloc") or True)
+  monkeypatch.setattr(backend, "keep_host_memory", lambda: order.append("malloc") or True)
   monkeypatch.setattr(cli, "main", lambda: order.append("main") or 0)
   assert cli.entry_point() == 0 and order == ["malloc", "main"]

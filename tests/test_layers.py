@@ -75,3 +75,43 @@ def test_the_package_has_no_import_circle():
   for module in graph:
     if module not in state:
       visit(module, [module])
+
+
+def test_cpu_code_is_reached_only_through_the_backend_interface():
+  """The model (and the rest of the package) asks `backend.ops` or `backend` for a layer or a
+  start-up setting; only the backend package itself imports what is under backend/cpu."""
+  graph = imports()
+  cpu = {m for m in graph if m.startswith("alexnet_jax.backend.cpu")}
+  assert cpu, "backend/cpu holds the CPU-only modules"
+  outside = {m: sorted(deps & cpu) for m, deps in graph.items()
+             if not m.startswith("alexnet_jax.backend") and deps & cpu}
+  assert outside == {}
+  assert "alexnet_jax.backend.ops" in graph["alexnet_jax.model"]
+
+
+def external_imports(module: str) -> set[str]:
+  """The top-level names of the packages outside alexnet_jax that `module` imports."""
+  path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+  if not path.exists():
+    path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found.update(a.name.split(".")[0] for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      found.add(node.module.split(".")[0])
+  return found - {"alexnet_jax"}
+
+
+def test_the_start_up_settings_import_no_jax():
+  """`backend.keep_host_memory` and `backend.start_up` run before JAX starts its threads and
+  reads XLA_FLAGS: the package's __init__ and all it imports leave JAX unimported."""
+  graph = imports()
+  seen, todo = {"alexnet_jax.backend"}, ["alexnet_jax.backend"]
+  while todo:
+    for dep in graph[todo.pop()]:
+      if dep not in seen:
+        seen.add(dep)
+        todo.append(dep)
+  for module in seen:
+    assert not external_imports(module) & {"jax", "jaxlib", "flax", "numpy"}, module

@@ -9,6 +9,7 @@ from flax import nnx
 from alexnet_jax import configlib
 from alexnet_jax import model as M
 from alexnet_jax import program
+from alexnet_jax.backend import ops, xla
 
 IMPLS = ("reduce_window", "matmul", "slices")
 # (k, n, alpha, beta): the paper's, and one where the normalisation dominates.
@@ -119,10 +120,10 @@ def test_the_matmul_is_a_matrix_product_and_so_is_its_gradient():
 
 def test_auto_takes_reduce_window_on_cpu_and_the_matmul_elsewhere(monkeypatch):
   assert jax.default_backend() == "cpu"  # the tests run on CPU
-  assert M.resolve_lrn_impl("auto") == "reduce_window"
+  assert ops.resolve_lrn_impl("auto") == "reduce_window"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert M.resolve_lrn_impl("auto") == "matmul"
-  assert M.resolve_lrn_impl("slices") == "slices"
+  assert ops.resolve_lrn_impl("auto") == "matmul"
+  assert ops.resolve_lrn_impl("slices") == "slices"
 
 
 def build_small(lrn_impl, dtype="float32"):
@@ -132,7 +133,7 @@ def build_small(lrn_impl, dtype="float32"):
 
 
 def test_the_model_computes_the_same_logits_and_gradients_each_way():
-  assert M.pool_function("auto") is not M.max_pool  # the only other reduce_window on CPU
+  assert ops.pool_function("auto") is not xla.max_pool  # the only other reduce_window on CPU
   x = jnp.asarray(activations((2, 32, 32, 3), seed=6, scale=1.0))
   graphdef, params = nnx.split(build_small("reduce_window"))
 

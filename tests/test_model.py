@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from alexnet_jax import model as M
+from alexnet_jax.backend import xla
 from alexnet_jax.configlib import base_config
 
 
@@ -126,8 +127,8 @@ def test_lrn_alpha_is_not_divided_by_n():
 
 def test_max_pool_overlapping_and_not():
   x = np.arange(2 * 7 * 7 * 1, dtype=np.float32).reshape(2, 7, 7, 1)
-  over = np.asarray(M.max_pool(jnp.asarray(x), 3, 2))
-  non = np.asarray(M.max_pool(jnp.asarray(x), 2, 2))
+  over = np.asarray(xla.max_pool(jnp.asarray(x), 3, 2))
+  non = np.asarray(xla.max_pool(jnp.asarray(x), 2, 2))
   assert over.shape == (2, 3, 3, 1) and non.shape == (2, 3, 3, 1)
   for i in range(3):
     for j in range(3):
@@ -160,7 +161,9 @@ def tower_outputs(model, params, x):
     return run
 
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-  nnx.merge(graphdef, params, rest)(x, train=False, tower_map=recording_map)
+  recording = nnx.merge(graphdef, params, rest)
+  recording.placement = M.Placement(tower_map=recording_map)
+  recording(x, train=False)
   return outputs  # [after conv1-conv2, after conv3-conv5, fc6, fc7]
 
 
@@ -211,7 +214,7 @@ def test_towered_model_equals_its_grouped_convolution_form():
   p = nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
   x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 27, 27, 24)), jnp.float32)
   k = p["conv2"]["kernel"]  # (2, 5, 5, 12, 32)
-  towered = M.merge_towers(jax.vmap(lambda xt, kt: M.conv2d(xt, kt, 1, 2))(
+  towered = M.merge_towers(jax.vmap(lambda xt, kt: xla.conv2d(xt, kt, 1, 2))(
       jnp.stack([x[..., :12], x[..., 12:]]), k))
   grouped = jax.lax.conv_general_dilated(
       x, jnp.concatenate([k[0], k[1]], axis=-1), (1, 1), [(2, 2)] * 2,
@@ -307,6 +310,69 @@ def test_batchnorm_variant_updates_statistics_only_in_training():
   after_eval, after_train = run(False), run(True)
   np.testing.assert_array_equal(after_eval["conv1_bn"]["mean"], before["conv1_bn"]["mean"])
   assert not np.allclose(after_train["conv1_bn"]["mean"], before["conv1_bn"]["mean"])
+
+
+def test_batchnorm_variant_is_convolution_batchnorm_relu_pool_per_layer():
+  """BatchNorm is a step of the one segment code path: after each convolution, before ReLU."""
+  graphdef, state = nnx.split(build("bn", num_classes=10, width=0.1, input_size=67))
+  x = jnp.asarray(np.random.default_rng(9).normal(1.0, 1.0, size=(3, 67, 67, 3)), jnp.float32)
+
+  def train(state):  # running statistics away from their initial (0, 1)
+    model = nnx.merge(graphdef, state)
+    model(x, train=True)
+    return nnx.state(model)
+
+  def model_and_by_hand(state):
+    model = nnx.merge(graphdef, state)
+    h = x
+    window, stride = M.POOLS["overlap"]
+    for spec in model.conv_specs:
+      assert getattr(model, spec.name).bias is None  # BatchNorm's own bias replaces it
+      h = xla.conv2d(h, getattr(model, spec.name).kernel[...], spec.stride, spec.padding)
+      h = jax.nn.relu(getattr(model, spec.name + "_bn")(h, use_running_average=True))
+      if spec.pool:
+        h = xla.max_pool(h, window, stride)
+    h = h.reshape(h.shape[0], -1)
+    for name in ("fc6", "fc7", "fc8"):
+      layer = getattr(model, name)
+      h = h @ layer.kernel[...] + layer.bias[...]
+      h = jax.nn.relu(h) if name != "fc8" else h
+    return model(x, train=False), h
+
+  ours, by_hand = jax.jit(model_and_by_hand)(jax.jit(train)(state))
+  np.testing.assert_allclose(ours, by_hand, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["small", "bn"])
+def test_the_placement_is_bound_when_the_model_is_built(name):
+  """A strategy's tower map and constraints are given once, at build; a call carries the
+  model's inputs only."""
+  import inspect
+  assert set(inspect.signature(M.AlexNet.__call__).parameters) == {
+      "self", "x", "train", "dropout_key"}
+  assert set(inspect.signature(M.AlexNet.embed).parameters) == {
+      "self", "x", "train", "dropout_key"}
+  points, mapped = [], []
+  record = lambda point, x: points.append(point) or x
+
+  def tower_map(segment):
+    mapped.append(segment)
+    return M.vmap_towers(segment)
+
+  cfg = base_config().model
+  cfg.name, cfg.num_classes, cfg.width = name, 10, 0.25
+  graphdef, state = nnx.split(nnx.eval_shape(
+      lambda: M.create_model(cfg, 67, nnx.Rngs(0), M.Placement(tower_map, record))))
+  jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=False), state,
+                 jax.ShapeDtypeStruct((2, 67, 67, 3), jnp.float32))
+  assert points[0] == "conv1" and points[-1] == "logits"
+  assert {"conv3", "fc6", "fc7", "fc8", "conv1/kernel", "conv2/kernel", "fc6/bias"} <= set(points)
+  if name == "small":  # towers: mapped by the placement's map, placed where they merge
+    assert len(mapped) == 4 and {"conv3/towers", "fc6/towers", "fc8/towers"} <= set(points)
+    assert "conv2" not in points  # inside a segment the tower map places the towers
+  else:  # one tower: nothing is mapped, every layer's input is placed, and BatchNorm's
+    # convolutions have no bias to place
+    assert mapped == [] and {"conv2", "conv5"} <= set(points) and "conv1/bias" not in points
 
 
 def test_bfloat16_compute_keeps_float32_parameters():

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from alexnet_jax import model as M
-from alexnet_jax import onednn
+from alexnet_jax.backend import ops, xla
+from alexnet_jax.backend.cpu import onednn
 from alexnet_jax.configlib import base_config
 
 from runs import config_with
@@ -103,25 +104,26 @@ def test_models_compute_the_same_with_either_implementation(name, size, tower_im
 def test_model_wiring():
   small = lambda **f: M.create_model(_model_cfg("small", **f), 32, nnx.Rngs(0))
   spec = M.VARIANTS["small"].convs[1]
-  assert small(conv_impl="onednn")._conv_function(spec) is M.onednn_conv2d
-  assert small(conv_impl="xla")._conv_function(spec) is M.conv2d
+  assert small(conv_impl="onednn")._conv_function(spec) is onednn.conv2d_if_float32
+  assert small(conv_impl="xla")._conv_function(spec) is xla.conv2d
   # bfloat16 stays with XLA: the same function as the plain convolution.
   x = jnp.ones((1, 8, 8, 4), jnp.bfloat16)
   w = jnp.ones((3, 3, 4, 2), jnp.float32)
-  np.testing.assert_array_equal(M.onednn_conv2d(x, w, 1, 1), M.conv2d(x, w, 1, 1))
-  lowered = lambda x: jax.jit(M.onednn_conv2d, static_argnums=(2, 3)).lower(x, w, 1, 1).as_text()
+  np.testing.assert_array_equal(onednn.conv2d_if_float32(x, w, 1, 1), xla.conv2d(x, w, 1, 1))
+  conv = jax.jit(onednn.conv2d_if_float32, static_argnums=(2, 3))
+  lowered = lambda x: conv.lower(x, w, 1, 1).as_text()
   assert onednn.TARGET not in lowered(x)
   assert onednn.TARGET in lowered(x.astype(jnp.float32))
 
 
 def test_auto_takes_onednn_on_one_cpu_device_only(monkeypatch):
   assert jax.device_count() == 8  # the suite's virtual devices: meshes keep XLA's convolutions
-  assert M.resolve_conv_impl("auto") == "xla"
+  assert ops.resolve_conv_impl("auto") == "xla"
   monkeypatch.setattr(jax, "device_count", lambda: 1)
-  assert M.resolve_conv_impl("auto") == "onednn"
+  assert ops.resolve_conv_impl("auto") == "onednn"
   monkeypatch.setattr(onednn, "available", lambda: False)
-  assert M.resolve_conv_impl("auto") == "xla"
-  assert M.resolve_conv_impl("xla") == "xla"
+  assert ops.resolve_conv_impl("auto") == "xla"
+  assert ops.resolve_conv_impl("xla") == "xla"
 
 
 def test_bad_choices_name_the_field(monkeypatch):

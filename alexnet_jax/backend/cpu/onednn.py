@@ -1,11 +1,11 @@
 """Convolutions through oneDNN on CPU, called from JAX: the forward pass and input gradient.
 
-Why. jax 0.10's XLA:CPU runs a convolution either in YNNPACK or in Eigen's spatial convolution
-(patches packed into small oneDNN matrix products); on the 2-core CPU both were 1.2-1.9x slower
-than PyTorch's oneDNN convolutions, layer for layer (README "Performance",
-benchmarks/conv_layers.py). jaxlib also links oneDNN itself and has a runtime op for its direct
-convolution, the custom call `__onednn$convolution` (XLA's own oneDNN rewriter emits it, but that
-rewriter is not built into the pip wheels). Here the model emits that custom call directly.
+Why. XLA:CPU runs a convolution either in YNNPACK or in Eigen's spatial convolution (patches
+packed into small oneDNN matrix products); both were slower than PyTorch's oneDNN convolutions,
+layer for layer (docs/performance.md, benchmarks/conv_layers.py). jaxlib also links oneDNN
+itself and has a runtime op for its direct convolution, the custom call `__onednn$convolution`
+(XLA's own oneDNN rewriter emits it, but that rewriter is not built into the pip wheels). Here
+the model emits that custom call directly.
 
 What runs where.
 - forward: oneDNN's direct convolution (NHWC input, HWIO kernel).
@@ -13,7 +13,7 @@ What runs where.
   the kernel flipped in space and read as HWOI, padded by k - 1 - padding. Strided layers take
   XLA's own input gradient (in AlexNet only conv1 is strided, and its input needs none).
 - weight gradient: XLA's (Eigen) convolution. Expressed as a oneDNN forward convolution it ran
-  1.3-3x slower than Eigen (the output gradient becomes a 27x27 or 55x55 "kernel"), so it stays.
+  slower than Eigen (the output gradient becomes a 27x27 or 55x55 "kernel"), so it stays.
 
 Safety. The custom call's name and configuration are XLA internals, not a JAX API, and they have
 changed between versions (e.g. whether spatial dimensions are counted from 0 or 1). `available()`
@@ -24,7 +24,6 @@ keeps XLA's convolutions (config.model.conv_impl=auto). Only float32 goes throug
 Sharding. XLA's SPMD partitioner cannot split a custom call: on a multi-device mesh it would
 gather every operand onto every device. So `auto` chooses oneDNN only when JAX sees one device.
 """
-
 from __future__ import annotations
 
 import functools
@@ -122,7 +121,7 @@ def onednn_conv(x: Array, kernel: Array, stride: int, padding: int,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-  """NHWC x HWIO -> NHWC, stride and symmetric zero padding: model.conv2d through oneDNN."""
+  """NHWC x HWIO -> NHWC, stride and symmetric zero padding: backend.xla.conv2d through oneDNN."""
   return onednn_conv(x, kernel, stride, padding)
 
 
@@ -143,6 +142,14 @@ def _conv2d_bwd(stride, padding, residuals, g):
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv2d_if_float32(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  """conv2d for float32 inputs; other dtypes stay with XLA's convolution (the kernel in x's
+  dtype either way): what config.model.conv_impl=onednn runs."""
+  if x.dtype != jnp.float32:
+    return xla_conv(x, kernel.astype(x.dtype), stride, padding)
+  return conv2d(x, kernel.astype(x.dtype), stride, padding)
 
 
 # --- may the model use it? ------------------------------------------------------------------

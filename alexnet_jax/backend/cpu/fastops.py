@@ -1,13 +1,14 @@
-"""Layers written for speed, each the same function (and gradient) as its plain form in model.py.
+"""Layers written for XLA:CPU's speed, each the same function (and gradient) as its plain form in
+backend/xla.py.
 
 Max pooling. `jax.lax.reduce_window(max)` differentiates to `select_and_scatter`, which XLA:CPU
 lowers to a variadic reduce-window that tracks argmax indices in int32 tensors the size of the
-activations, plus iotas and broadcasts to build them: on the 2-core CPU that was about a fifth of
-an `owt` training step (profiled, batch 32). Here the 2-D pool is two 1-D pools (columns, then
-rows) over strided slices, with a hand-written backward that routes each output's gradient to
-the first maximum of its window in row-major order, exactly what select_and_scatter does
-(the first row holding the window's maximum, then the first column within that row; tests
-check equality with ties). Everything is slices, compares, selects and pads, which XLA fuses.
+activations, plus iotas and broadcasts to build them: a sizeable part of a CPU training step
+(docs/performance.md). Here the 2-D pool is two 1-D pools (columns, then rows) over strided
+slices, with a hand-written backward that routes each output's gradient to the first maximum of
+its window in row-major order, exactly what select_and_scatter does (the first row holding the
+window's maximum, then the first column within that row; tests check equality with ties).
+Everything is slices, compares, selects and pads, which XLA fuses.
 
 conv1 as space-to-depth. torchvision/paper conv1 reads 3 channels with an 11x11 kernel at
 stride 4: a poor shape for convolution kernels (3 input channels) and worse for its weight
@@ -15,7 +16,6 @@ gradient. Folding each 4x4 block of pixels into 48 channels turns it into a 3x3 
 convolution over 48 channels with the kernel zero-padded to 12x12, the same sums plus exact
 zeros. The parameter keeps its (11, 11, 3, out) shape; the fold happens inside the step.
 """
-
 from __future__ import annotations
 
 import functools

@@ -1,28 +1,29 @@
 """Keep freed host memory for reuse, so a CPU train step does not page-fault its buffers afresh.
 
-Why. XLA:CPU allocates each step's temporary buffers (about 0.9 GB for `owt` at batch 128) with
+Why. XLA:CPU allocates each step's temporary buffers (most of a GB for `owt` at batch 128) with
 malloc from its worker threads and frees them when the step ends. glibc serves a request that
 large with a fresh mmap and returns it to the kernel on free (a worker thread's arena cannot
-hold it at all), so every step page-faulted the whole block in again: about 200,000 faults per
-step; without them the step ran 1.16-1.20x faster on the 2-core machine (README "Performance").
+hold it at all), so every step page-faulted the whole block in again; without those faults the
+step ran measurably faster (docs/performance.md).
 
 Three mallopt settings make glibc keep the memory: one arena for all threads (the main arena can
 grow to any size), no mmap for large blocks, no trimming of the heap's free top. A freed block
 is then reused by the next step with no kernel work. The cost: the process keeps its peak host
-memory until it exits (about 2.4-3.3 GB rather than 1.9 GB for that step).
+memory until it exits.
 
-Applied by the command line (`cli.entry_point`) on machines without a CUDA plugin for JAX (on a
-GPU host the large buffers live on the device, and a single arena would serialise the input
-pipeline's many threads). ALEXNET_JAX_KEEP_HOST_MEMORY=0 leaves glibc's defaults. A C library
-other than glibc (musl, macOS) is left alone.
+Applied by the command line (`cli.entry_point`, through `backend.keep_host_memory`) on machines
+without a CUDA plugin for JAX (on a GPU host the large buffers live on the device, and a single
+arena would serialise the input pipeline's many threads). ALEXNET_JAX_KEEP_HOST_MEMORY=0 leaves
+glibc's defaults. A C library other than glibc (musl, macOS) is left alone.
 """
-
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
 import sys
+
+from alexnet_jax.backend import xla_flags
 
 OFF_SWITCH = "ALEXNET_JAX_KEEP_HOST_MEMORY"
 # glibc's mallopt parameters (malloc.h).
@@ -55,7 +56,6 @@ def keep_freed_memory(environ=None, *, gpu: bool | None = None) -> bool:
 
   Call before JAX starts its threads (a thread keeps the arena it first allocated from).
   """
-  from alexnet_jax import xla_flags
   environ = os.environ if environ is None else environ
   if xla_flags.switched_off(environ, OFF_SWITCH):
     return False

@@ -1,19 +1,18 @@
 """XLA flags that make AlexNet faster, applied when the command line starts (before JAX starts).
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend, so `cli.main` calls
-`apply_defaults()` first thing. A flag the user already put in XLA_FLAGS wins over ours;
-ALEXNET_JAX_XLA_DEFAULTS=0 turns ours off altogether. XLA aborts on a flag it does not know,
-so each set is applied only where it was checked: CPU flags on machines without a CUDA plugin
-for JAX, GPU flags on machines with one.
+`backend.start_up()` (`apply_defaults()` here) first thing. A flag the user already put in
+XLA_FLAGS wins over ours; ALEXNET_JAX_XLA_DEFAULTS=0 turns ours off altogether. XLA aborts on a
+flag it does not know, so each set is applied only where it was checked: CPU flags on machines
+without a CUDA plugin for JAX, GPU flags on machines with one.
 
-CPU (measured on the 2-core machine, README "Performance"): jax 0.10's XLA:CPU hands each
-convolution to YNNPACK by default; for AlexNet's weight-gradient convolutions (the batch becomes
-the contraction, e.g. conv2's 27x27x128 -> 5x5 window) XLA's own Eigen convolutions were much
-faster: the `owt` train step at batch 128 took 1.48x less CPU time. YNNPACK keeps the matrix
-products (fc6-fc8), where it beat Eigen.
+CPU: XLA:CPU hands each convolution to YNNPACK by default; for AlexNet's weight-gradient
+convolutions (the batch becomes the contraction, e.g. conv2's 27x27x128 -> 5x5 window) XLA's own
+Eigen convolutions were much faster (docs/performance.md). YNNPACK keeps the matrix products
+(fc6-fc8), where it beat Eigen.
 
-GPU (unmeasured: no GPU was lent while this was written): the latency-hiding scheduler overlaps
-the data-parallel gradient all-reduce with the backward pass.
+GPU (not yet measured on a GPU): the latency-hiding scheduler overlaps the data-parallel
+gradient all-reduce with the backward pass.
 
 ALEXNET_JAX_CACHE_DIR=DIR keeps compiled programs (JAX's persistent compilation cache) and, on
 GPUs, XLA's per-fusion autotuning results (cuDNN convolution algorithms, GEMM tilings) in DIR,
