@@ -268,8 +268,8 @@ class AlexNet(nnx.Module):
   def _weights(self, name: str) -> tuple[Array, Array | None]:
     w, constrain = getattr(self, name), self.placement.constrain
     with jax.named_scope(name):  # a run of layers reads all its weights in its first layer's scope
-      bias = None if w.bias is None else constrain(f"{name}/bias", w.bias[...])
-      return constrain(f"{name}/kernel", w.kernel[...]), bias
+      kernel = constrain(f"{name}/kernel", w.kernel[...])
+      return kernel, None if w.bias is None else constrain(f"{name}/bias", w.bias[...])
 
   def _flatten(self, x: Array) -> Array:
     """The last feature map (N, H, W, C) -> (N, H*W*C), through torchvision's average pool."""
