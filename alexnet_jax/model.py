@@ -391,8 +391,10 @@ def check_options(variant: Variant, opts: Options, *, other_input_size: bool = T
 
 def create_model(model_cfg, input_size: int, rngs: nnx.Rngs,
                  placement: Placement = Placement()) -> AlexNet:
+  """The model a config's `model` section asks for. The options are not checked here: every
+  path to a model has checked them once already (program.validate for programs, export's
+  loader for parameter files); check_options says what would be refused."""
   variant, opts = options_from_config(model_cfg, input_size)
-  check_options(variant, opts)
   return AlexNet(variant, opts, rngs=rngs, placement=placement)
 
 

@@ -393,14 +393,23 @@ def test_bad_model_fields_name_the_field(field, value, needle):
   cfg = base_config().model
   cfg[field] = value
   with pytest.raises(ValueError, match=needle):
-    M.create_model(cfg, 32, nnx.Rngs(0))
+    M.check_options(*M.options_from_config(cfg, 32))
+
+
+def check(name, *, input_size=None, **fields):
+  """check_options on `name` with `fields` (what program.validate and export's loader run)."""
+  cfg = base_config().model
+  cfg.name = name
+  for k, v in fields.items():
+    cfg[k] = v
+  M.check_options(*M.options_from_config(cfg, input_size or M.VARIANTS[name].input_size))
 
 
 def test_batchnorm_with_towers_and_too_small_inputs_are_rejected():
   with pytest.raises(ValueError, match="single-tower"):
-    build("paper", norm="batch")
+    check("paper", norm="batch")
   with pytest.raises(ValueError, match="crop_size=32 is too small"):
-    build("paper", input_size=32)
+    check("paper", input_size=32)
 
 
 def test_unrolled_and_vmapped_towers_compute_the_same_function():
