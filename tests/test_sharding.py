@@ -13,6 +13,7 @@ import pytest
 from alexnet_jax import compare
 from alexnet_jax import configlib
 from alexnet_jax import hlo
+from alexnet_jax import program
 from alexnet_jax import sharding as S
 
 FAST = {"xla_backend_optimization_level": 0}
@@ -175,7 +176,7 @@ def test_strategies_reject_bad_input_before_compiling():
       section, _, name = key.rpartition("__")
       (c[section] if section else c)[name] = value
     with pytest.raises(configlib.ConfigError) as e:
-      S.setup(c)
+      program.validate(c)  # the one check, before anything compiles
     message = str(e.value)
     assert "\n" not in message
     return message
@@ -189,7 +190,7 @@ def test_strategies_reject_bad_input_before_compiling():
   # The batch is split 8 ways by data/weird_trick/fsdp, 4 ways by two_tower on 4x2.
   assert "not divisible by the 8 devices" in error("paper", "weird_trick", "4x2", batch_size=12)
   assert "not divisible by the 4 devices" in error("paper", "two_tower", "4x2", batch_size=6)
-  S.setup(small_config("paper", "two_tower", "4x2"))  # the valid ones pass
+  program.validate(small_config("paper", "two_tower", "4x2"))  # the valid ones pass
   assert S.setup(small_config("paper", "fsdp", ""))[1].devices.shape == (1, 8)
 
 
