@@ -1,16 +1,31 @@
-"""Test setup: 8 virtual CPU devices (for meshes), quiet TensorFlow, the repo on sys.path."""
+"""Test setup: 8 virtual CPU devices (for meshes), quiet TensorFlow, the repo on sys.path, one
+compilation cache for the whole run."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# The command line keeps compiled programs in ~/.cache; tests (and the programs they start)
-# neither read nor write it. tests/test_compile_cache.py turns it on in its own processes.
-os.environ.setdefault("ALEXNET_JAX_COMPILE_CACHE", "0")
+# One persistent compilation cache shared by the whole test run: this process and every
+# `launch.py` it starts (they inherit the variable) compile a program once, however many tests
+# build it. A fresh folder per run, removed at the end, so a run never reads another's programs
+# and ~/.cache is never touched. tests/test_compile_cache.py sets its own in its own processes.
+if "ALEXNET_JAX_COMPILE_CACHE" not in os.environ:
+  _session_cache = tempfile.mkdtemp(prefix="alexnet_jax_test_compile_cache_")
+  atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
+  os.environ["ALEXNET_JAX_COMPILE_CACHE"] = _session_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+from alexnet_jax import compile_cache  # noqa: E402
+
+# On from the first compilation (JAX decides once per process), as the command line does; not
+# only from the first test that happens to call cli.main.
+compile_cache.enable()

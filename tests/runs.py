@@ -3,8 +3,8 @@
 `python launch.py train` on configs/test.py in a subprocess, 2 virtual CPU devices, every step
 logged: 24 steps of 32 digits, evaluations (and checkpoints with metrics) at steps 8, 16 and 24
 under the plateau schedule, and checkpoints every 5 steps. The uninterrupted reference run is
-made once per test session and shared. Subprocesses share a persistent compilation cache, so
-only the first one compiles.
+made once per test session and shared. Subprocesses use the test run's compilation cache
+(conftest.py), so only the first one compiles.
 """
 
 from __future__ import annotations
@@ -55,10 +55,7 @@ def env() -> dict[str, str]:
       "JAX_PLATFORMS": "cpu",
       "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
       "TF_CPP_MIN_LOG_LEVEL": "2",
-      "JAX_COMPILATION_CACHE_DIR": os.path.join(session_dir(), "jax_cache"),
-      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-  })
+  })  # ALEXNET_JAX_COMPILE_CACHE: the test run's one cache (conftest.py), inherited
   return out
 
 

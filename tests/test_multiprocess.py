@@ -5,10 +5,11 @@ Every layout must train and evaluate exactly as one process holding the same dev
 Processes talk over loopback with gloo collectives; each has its own virtual CPU devices
 (XLA_FLAGS) and XLA's backend optimisation off (the same partitioned program, compiled faster).
 
-- launch.py train, two_tower on a 1x2 mesh over 2 processes of 1 device (each tower in its own
-  process, so both processes must load the same rows), against 1 process of 2 devices;
-- scripts/slurm_train.sbatch under a stand-in `srun`, 2 tasks of 1 device, the same run;
-- the matrix: every strategy in the layouts 1 process x 4 devices, 2 x 2 and 4 x 1;
+- scripts/slurm_train.sbatch under a stand-in `srun`: two_tower on a 1x2 mesh over 2 tasks of 1
+  device (each tower in its own process, so both processes must load the same rows), against
+  1 process of 2 devices; then resumed from a damaged checkpoint with the explicit flags;
+- the matrix: the hardest strategies (two_tower, fsdp) in the layouts 1 process x 4 devices,
+  2 x 2 and 4 x 1;
 - bench, compare and evaluate under 2 processes report the global batch's figures.
 """
 
@@ -132,31 +133,6 @@ def one_process(tmp_path_factory):
   return workdir, out
 
 
-def test_two_tower_with_one_device_per_process_trains_like_one_process(one_process, tmp_path):
-  workdir = tmp_path / "two_processes"
-  cmd = launch("train", *TRAIN_ARGS, "--workdir", str(workdir))
-  out0, out1 = finish(start_group(cmd, 2, 1))
-  ref_dir, ref_out = one_process
-  assert held_out(out0) == held_out(out1) == held_out(ref_out)
-  assert held_out(out0)[0] == HELD_OUT  # every held-out digit counted once
-  assert_same_training(workdir, ref_dir, STEPS)
-  # The towers sit in different processes: each loads the whole batch (its data group's rows).
-  assert "process 0 of 2 (explicit flags): 1 local / 2 global devices" in out0
-  assert "each process loads rows block 0 of 1" in out0
-  assert "process 1 of 2" not in out1  # the others stay quiet
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # saved together, once each
-
-  # The last checkpoint damaged: both processes agree to set it aside and resume from step 2.
-  for name in os.listdir(workdir / "checkpoints" / "4" / "state" / "d"):
-    os.remove(workdir / "checkpoints" / "4" / "state" / "d" / name)
-  out0, out1 = finish(start_group(cmd, 2, 1))
-  assert re.search(r"checkpoints/4 is damaged .*; moved to .*damaged; restored .*checkpoints/2 "
-                   "instead", out0), out0[-3000:]
-  assert "resuming at step 2" in out0
-  assert held_out(out0) == held_out(out1) == held_out(ref_out)
-  assert len(os.listdir(workdir / "checkpoints" / "damaged")) == 1
-
-
 FAKE_SRUN = """#!/bin/bash
 # A stand-in for SLURM's srun on one machine: starts SLURM_NTASKS copies of the command with the
 # variables a real step gives its tasks, waits for all, and fails if any failed.
@@ -175,7 +151,10 @@ exit $status
 """
 
 
-def test_sbatch_script_runs_one_task_per_device(one_process, tmp_path):
+def test_one_task_per_device_under_sbatch_trains_like_one_process_and_resumes(one_process,
+                                                                             tmp_path):
+  """scripts/slurm_train.sbatch under the stand-in srun: two_tower with each tower in its own
+  process (SLURM's variables), then the same command with the explicit flags resumes it."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   srun = bin_dir / "srun"
@@ -192,24 +171,45 @@ def test_sbatch_script_runs_one_task_per_device(one_process, tmp_path):
       ["bash", os.path.join(REPO, "scripts", "slurm_train.sbatch"), "configs/test.py",
        str(workdir), *TRAIN_ARGS[2:]], cwd=REPO, env=env, capture_output=True, text=True,
       timeout=600)
-  outputs = [(tmp_path / f"srun.env.task{i}").read_text() for i in range(2)]
-  assert result.returncode == 0, result.stderr[-2000:] + outputs[0][-3000:]
-  assert "process 0 of 2 (slurm): 1 local / 2 global devices" in outputs[0]
+  out0, out1 = [(tmp_path / f"srun.env.task{i}").read_text() for i in range(2)]
+  assert result.returncode == 0, result.stderr[-2000:] + out0[-3000:]
+  assert "process 0 of 2 (slurm): 1 local / 2 global devices" in out0
   ref_dir, ref_out = one_process
-  assert held_out(outputs[0]) == held_out(ref_out)
+  assert held_out(out0) == held_out(out1) == held_out(ref_out)
+  assert held_out(out0)[0] == HELD_OUT  # every held-out digit counted once
   assert_same_training(workdir, ref_dir, STEPS)
+  # The towers sit in different processes: each loads the whole batch (its data group's rows).
+  assert "each process loads rows block 0 of 1" in out0
+  assert "process 1 of 2" not in out1  # the others stay quiet
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # saved together, once each
   # srun did not inherit --cpus-per-task from sbatch on every SLURM version: passed explicitly.
   assert "SRUN_CPUS_PER_TASK=3" in record.read_text()
   script = open(os.path.join(REPO, "scripts", "slurm_train.sbatch")).read()
   # A warning signal before the time limit reaches the tasks (SIGTERM: they save and stop).
   assert re.search(r"^#SBATCH --signal=TERM@\d+$", script, re.M)
 
+  # The last checkpoint damaged: both processes (started with the explicit flags this time)
+  # agree to set it aside and resume from step 2.
+  for name in os.listdir(workdir / "checkpoints" / "4" / "state" / "d"):
+    os.remove(workdir / "checkpoints" / "4" / "state" / "d" / name)
+  cmd = launch("train", *TRAIN_ARGS, "--workdir", str(workdir))
+  out0, out1 = finish(start_group(cmd, 2, 1))
+  assert "process 0 of 2 (explicit flags): 1 local / 2 global devices" in out0
+  assert re.search(r"checkpoints/4 is damaged .*; moved to .*damaged; restored .*checkpoints/2 "
+                   "instead", out0), out0[-3000:]
+  assert "resuming at step 2" in out0
+  assert held_out(out0) == held_out(out1) == held_out(ref_out)
+  assert len(os.listdir(workdir / "checkpoints" / "damaged")) == 1
 
-# --- the matrix: every strategy in every layout of 4 devices --------------------------------
 
-# The hardest meshes: two_tower's data groups span processes in the 4 x 1 layout, weird_trick's
-# and fsdp's second axis spans every process.
-STRATEGIES = "data=4x1,two_tower=2x2,weird_trick=1x4,fsdp=1x4"
+# --- the matrix: the hardest strategies in every layout of 4 devices ----------------------
+
+# The hardest meshes: two_tower's data groups span processes in the 4 x 1 layout (each process
+# loads its group's rows, not its own quarter: the case process_rows exists for), fsdp's
+# parameters and optimizer state are sharded over every process and gathered layer by layer.
+# data and weird_trick load the batch as fsdp does (split over every device: one block per
+# process); tests/test_sharding.py checks every strategy on one process's 8 devices.
+STRATEGIES = "two_tower=2x2,fsdp=1x4"
 LAYOUTS = {"1x4": (1, 4), "2x2": (2, 2), "4x1": (4, 1)}  # processes x devices each
 MATRIX_STEPS = 3  # tests/topology_worker.py
 

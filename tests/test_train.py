@@ -27,8 +27,13 @@ def one_step_setup(cfg):
   return fns, tx, schedule, init
 
 
+# XLA's backend optimisation off: the same program, compiled several times faster. For the
+# tests below that compare numbers, both sides are compiled so.
+FAST = {"xla_backend_optimization_level": 0}
+
+
 def create_state(init):
-  return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})()
+  return jax.jit(init, compiler_options=FAST)()
 
 
 random_batch = synthetic.synthetic_batch
@@ -44,7 +49,8 @@ def test_full_size_variants_train_a_step(name, size):
   fns, tx, schedule, init = one_step_setup(cfg)
   state = create_state(init)
   before = np.asarray(state.params["fc6"]["kernel"][..., :4])
-  step = jax.jit(program.make_train_step(cfg, fns, tx, schedule), donate_argnums=0)
+  step = jax.jit(program.make_train_step(cfg, fns, tx, schedule), donate_argnums=0,
+                 compiler_options=FAST)
   state, metrics = step(state, random_batch(cfg, 2))
   assert int(state.step) == 1
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
@@ -68,7 +74,7 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
   batch = random_batch(cfg, 32)
   step_fn = program.make_train_step(cfg, fns, tx, schedule)
 
-  single, m1 = jax.jit(step_fn)(create_state(init), batch)
+  single, m1 = jax.jit(step_fn, compiler_options=FAST)(create_state(init), batch)
 
   strategy = sharding.get_strategy("data")
   mesh = sharding.make_mesh(strategy, (8, 1))
@@ -77,8 +83,8 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
   state = jax.device_put(create_state(init), shardings)
   global_batch = sharding.batch_feed(mesh, strategy, 32).put(batch)
   assert len(global_batch["image"].sharding.device_set) == 8
-  multi, m8 = jax.jit(step_fn, out_shardings=(shardings, NamedSharding(mesh, P())))(state,
-                                                                                  global_batch)
+  multi, m8 = jax.jit(step_fn, out_shardings=(shardings, NamedSharding(mesh, P())),
+                      compiler_options=FAST)(state, global_batch)
   assert float(m8["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
   for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(multi.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
@@ -87,7 +93,7 @@ def test_data_parallel_step_on_8_devices_equals_one_device():
 def test_eval_counts_every_example_exactly_once():
   # 360 held-out digits in batches of 64 (8 devices): 6 batches, the last padded and masked.
   cfg = config_with(eval_batch_size=64, **{"sharding.mesh": "8x1"})
-  built = program.build(cfg, compiler_options={"xla_backend_optimization_level": 0})
+  built = program.build(cfg, compiler_options=FAST)
   state = built.create_state()
   got = train.run_eval(built, state.params, state.model_state)
   assert got["count"] == 360
