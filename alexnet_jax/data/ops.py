@@ -122,25 +122,21 @@ def decode_square_crop(image_bytes: tf.Tensor, size: int, crop: int, top, left) 
   def jpeg():
     shape = tf.io.extract_jpeg_shape(image_bytes)
     square_top, square_left, side = center_square_window(shape[0], shape[1])
+    inv_scale = tf.cast(side, tf.float32) / size
+    row0, row1 = _needed_span(top, crop, inv_scale, side)
+    col0, col1 = _needed_span(left, crop, inv_scale, side)
+    window = tf.io.decode_and_crop_jpeg(
+        image_bytes, tf.stack([square_top + row0, square_left + col0, row1 - row0, col1 - col0]),
+        channels=3)
 
-    def exact():  # the square is size x size already: no resampling, crop while decoding
-      # One more pixel each way (inside the square): libjpeg's chroma upsampling replicates
-      # the window's edge pixels, which would differ from decoding the square where a crop
-      # edge falls on a block boundary.
-      row0, col0 = tf.maximum(top - 1, 0), tf.maximum(left - 1, 0)
-      row1, col1 = tf.minimum(top + crop + 1, side), tf.minimum(left + crop + 1, side)
-      window = tf.io.decode_and_crop_jpeg(
-          image_bytes, tf.stack([square_top + row0, square_left + col0, row1 - row0, col1 - col0]),
-          channels=3)
+    def exact():
+      # The square is size x size already (pre-resized data): no resampling. The window is
+      # the crop and one more pixel each way (inside the square): libjpeg's chroma upsampling
+      # replicates a decoded window's edge pixels, which would differ from decoding the square
+      # where a crop edge falls on a block boundary.
       return _crop(window, top - row0, left - col0, crop)
 
     def resampled():
-      inv_scale = tf.cast(side, tf.float32) / size
-      row0, row1 = _needed_span(top, crop, inv_scale, side)
-      col0, col1 = _needed_span(left, crop, inv_scale, side)
-      window = tf.io.decode_and_crop_jpeg(
-          image_bytes, tf.stack([square_top + row0, square_left + col0, row1 - row0, col1 - col0]),
-          channels=3)
       scale = size / tf.cast(side, tf.float32)
       # Output pixel i of the window's resize samples window pixel (i + 0.5 - t) / scale - 0.5;
       # t = first * scale - offset makes that the square's (offset + i + 0.5) / scale - 0.5.
@@ -149,7 +145,8 @@ def decode_square_crop(image_bytes: tf.Tensor, size: int, crop: int, top, left) 
       resized = tf.raw_ops.ScaleAndTranslate(
           images=window[None], size=tf.constant([crop, crop]), scale=tf.stack([scale, scale]),
           translation=translation, kernel_type="triangle", antialias=True)[0]
-      return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+      # Triangle weights are >= 0 and sum to 1: values stay in [0, 255], no clipping needed.
+      return tf.cast(tf.round(resized), tf.uint8)
 
     return tf.cond(tf.equal(side, size), exact, resampled)
 
