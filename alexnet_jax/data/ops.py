@@ -122,21 +122,27 @@ def decode_square_crop(image_bytes: tf.Tensor, size: int, crop: int, top, left) 
   def jpeg():
     shape = tf.io.extract_jpeg_shape(image_bytes)
     square_top, square_left, side = center_square_window(shape[0], shape[1])
-    inv_scale = tf.cast(side, tf.float32) / size
-    row0, row1 = _needed_span(top, crop, inv_scale, side)
-    col0, col1 = _needed_span(left, crop, inv_scale, side)
-    window = tf.io.decode_and_crop_jpeg(
-        image_bytes, tf.stack([square_top + row0, square_left + col0, row1 - row0, col1 - col0]),
-        channels=3)
+
+    def decode_window(row0, row1, col0, col1):
+      return tf.io.decode_and_crop_jpeg(
+          image_bytes, tf.stack([square_top + row0, square_left + col0, row1 - row0, col1 - col0]),
+          channels=3)
 
     def exact():
       # The square is size x size already (pre-resized data): no resampling. The window is
       # the crop and one more pixel each way (inside the square): libjpeg's chroma upsampling
       # replicates a decoded window's edge pixels, which would differ from decoding the square
-      # where a crop edge falls on a block boundary.
+      # where a crop edge falls on a block boundary. (Few ops: each costs microseconds here.)
+      row0, col0 = tf.maximum(top - 1, 0), tf.maximum(left - 1, 0)
+      window = decode_window(row0, tf.minimum(top + crop + 1, side),
+                             col0, tf.minimum(left + crop + 1, side))
       return _crop(window, top - row0, left - col0, crop)
 
     def resampled():
+      inv_scale = tf.cast(side, tf.float32) / size
+      row0, row1 = _needed_span(top, crop, inv_scale, side)
+      col0, col1 = _needed_span(left, crop, inv_scale, side)
+      window = decode_window(row0, row1, col0, col1)
       scale = size / tf.cast(side, tf.float32)
       # Output pixel i of the window's resize samples window pixel (i + 0.5 - t) / scale - 0.5;
       # t = first * scale - offset makes that the square's (offset + i + 0.5) / scale - 0.5.
@@ -181,11 +187,14 @@ def central_crop(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def random_crop_offsets(key, height, width, size: int):
-  """(top, left) of a size x size crop in a height x width image, uniformly random."""
-  top_key, left_key = split_key(key, 2)
-  top = tf.random.stateless_uniform([], top_key, 0, height - size + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform([], left_key, 0, width - size + 1, dtype=tf.int32)
-  return top, left
+  """(top, left) of a size x size crop in a height x width image, uniformly random.
+
+  Both from one draw (fewer ops: the training pipeline runs this per image, and each op costs
+  microseconds there): independent uniform integers, via a product range for non-squares.
+  """
+  rows, cols = height - size + 1, width - size + 1
+  position = tf.random.stateless_uniform([], key, 0, rows * cols, dtype=tf.int32)
+  return position // cols, position % cols
 
 
 def random_crop(image: tf.Tensor, size: int, key) -> tf.Tensor:

@@ -84,8 +84,8 @@ def train_batches(cfg, split, *, epoch: int, first_batch: int, shard_index: int,
   local = order.local_batch_size(cfg.batch_size, shard_count)
   order_args = dict(seed=cfg.seed, epoch=epoch, first_batch=first_batch,
                     global_batch=cfg.batch_size, shard_index=shard_index, shard_count=shard_count)
-  # Files: each crop decoded and resized from only the pixels it needs (same view, faster).
-  cropped = isinstance(split, FileSplit)
+  # Full-size files: each crop decoded and resized from only the pixels it needs (same view).
+  cropped = isinstance(split, FileSplit) and split.crops_pay_off()
   if cropped:
     ds = split.train_crops(crop=cfg.data.crop_size, offsets=crop_offsets(cfg, epoch), **order_args)
   else:
