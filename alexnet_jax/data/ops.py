@@ -7,6 +7,11 @@ same crop, flip and lighting whenever its (seed, epoch) comes round again, on an
 The paper's preprocessing is "rescale the shorter side to S, take the central S x S". Here the
 central square is cut first (in the original pixels) and then resized to S x S: the same view up
 to a sub-pixel, and it lets JPEG decoding skip the sides that would be thrown away.
+
+Training from full-size JPEG files goes one step further, "crop before you resize"
+(`decode_square_crop`): the crop's window of the square is decoded and resized straight to
+crop x crop, with the same sample positions and weights as resizing the whole square and then
+cropping (equal within 1 grey level on a few pixels in 10^5, from float rounding; tested).
 """
 
 from __future__ import annotations
