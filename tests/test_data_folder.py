@@ -178,7 +178,9 @@ def test_a_file_that_fails_only_when_decoded_becomes_a_black_image_in_place(tmp_
                              bad={"train": {"undecodable": "b"}, "val": {"undecodable": "a"}})
   sneaky = os.path.join(root, "train", "b", "bad_undecodable.JPEG")
   assert imagecheck.check_image_file(sneaky).status == imagecheck.OK  # the header looks fine
-  cfg = make_cfg(root, random_crop=False, flip=False, pca_lighting=0.0)
+  # Crops as large as the square: training decodes only the rows a crop reads, and libjpeg
+  # fills damage past them without an error (see ops.decode_square_crop).
+  cfg = make_cfg(root, random_crop=False, flip=False, pca_lighting=0.0, crop_size=RESIZE)
   cfg.batch_size = 2
   caplog.set_level(logging.WARNING, logger="alexnet_jax.data")
   whole = list(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1), 8))
@@ -245,3 +247,21 @@ def test_folder_errors(tmp_path):
   datagen.write_image_folder(root, {"train": {"a": 1}, "val": {"a": 1, "zebra": 1}})
   with pytest.raises(data.DataError, match="classes that the training split lacks: zebra"):
     data.dataset_info(make_cfg(root))
+
+
+def test_training_crops_decoded_from_files_equal_crops_of_the_cached_squares(tmp_path):
+  # Files take the crop-before-resize path (FileSplit.train_crops); a cached split crops its
+  # decoded squares: same examples, crop positions, flips and lighting, pixels within rounding.
+  root = str(tmp_path / "folder")
+  datagen.write_image_folder(root, {"train": {"a": 5, "b": 4}, "val": {"a": 1, "b": 1}},
+                             width=90, height=70)
+  batches = {}
+  for cache in (False, True):
+    cfg = make_cfg(root, cache=cache, pca_lighting=0.1)
+    batches[cache] = list(itertools.islice(data.train_iterator(cfg, shard_index=0,
+                                                               shard_count=1), 4))
+  for files, cached in zip(batches[False], batches[True]):
+    for key in ("label", "mask", "rgb_shift"):
+      np.testing.assert_array_equal(files[key], cached[key])
+    difference = np.abs(files["image"].astype(int) - cached["image"])
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-2

@@ -92,6 +92,45 @@ def test_center_square_then_resize_is_the_papers_view(photo):
 # --- crops and flips ----------------------------------------------------------------------------
 
 
+# --- crop before resize ---------------------------------------------------------------------------
+
+
+def _reference_view(image_bytes, size, crop, top, left):
+  square = ops.resize_square(ops.decode_center_square(tf.constant(image_bytes)), size).numpy()
+  return square[top:top + crop, left:left + crop]
+
+
+@pytest.mark.parametrize("width,height,size,crop", [
+    (500, 375, 256, 224),  # full-size photo: shrink (antialiased), window decoded
+    (375, 500, 256, 227),
+    (341, 256, 256, 224),  # pre-resized to 256: no resampling, exact
+    (180, 150, 256, 224),  # smaller than S: enlarge
+])
+def test_decode_square_crop_is_the_crop_of_the_resized_square(width, height, size, crop):
+  picture = datagen.natural_image(np.random.default_rng(width), width, height)
+  image_bytes = datagen.encode(picture, quality=90)
+  rng = np.random.default_rng(0)
+  # (16, 6), (16, 22): crop edges on 16-pixel block boundaries of the 341 px wide JPEG, where
+  # libjpeg's chroma upsampling differs at a decoded window's edge.
+  offsets = [(0, 0), (size - crop, size - crop), (0, size - crop), (16, 6), (16, 22)]
+  offsets += [tuple(int(v) for v in rng.integers(0, size - crop + 1, 2)) for _ in range(5)]
+  for top, left in offsets:
+    view = ops.decode_square_crop(tf.constant(image_bytes), size, crop, top, left).numpy()
+    reference = _reference_view(image_bytes, size, crop, top, left)
+    assert view.shape == (crop, crop, 3)
+    difference = np.abs(view.astype(int) - reference)
+    if min(width, height) == size:
+      np.testing.assert_array_equal(view, reference)
+    else:  # float rounding only: the same samples and weights
+      assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, (top, left)
+
+
+def test_decode_square_crop_of_a_png_is_the_reference_exactly(photo):
+  image_bytes = datagen.encode(photo, "PNG")
+  view = ops.decode_square_crop(tf.constant(image_bytes), 256, 224, 17, 5).numpy()
+  np.testing.assert_array_equal(view, _reference_view(image_bytes, 256, 224, 17, 5))
+
+
 @pytest.mark.parametrize("size,top,left", [(5, 3, 4), (6, 3, 4), (12, 0, 1)])
 def test_central_crop(size, top, left):
   image = coordinate_image(12, 14)

@@ -18,7 +18,7 @@ from alexnet_jax import configlib
 from alexnet_jax.data import ops, order
 from alexnet_jax.data._tf import AUTOTUNE, tf
 from alexnet_jax.data.info import VIEWS, DataError
-from alexnet_jax.data.splits import SplitOptions
+from alexnet_jax.data.splits import FileSplit, SplitOptions
 
 
 
@@ -31,17 +31,41 @@ def split_options(cfg) -> SplitOptions:
 # --- train ------------------------------------------------------------------------------------
 
 
-def make_train_example(cfg, epoch: int):
-  """The per-example train transform for `epoch` (a tf.data map function)."""
+def _example_keys(seed, epoch, example_id):
+  """The (crop, flip, lighting) keys of one example in one epoch."""
+  return ops.split_key(ops.example_key(seed, epoch, example_id), 3)
+
+
+def crop_offsets(cfg, epoch: int):
+  """example_id -> (top, left) of its training crop in the S x S square (random or central)."""
+  seed, size, crop = cfg.seed, cfg.data.resize_size, cfg.data.crop_size
+
+  def offsets(example_id):
+    if not cfg.data.random_crop:
+      return tf.constant((size - crop) // 2), tf.constant((size - crop) // 2)  # central_crop's
+    crop_key = _example_keys(seed, epoch, example_id)[0]
+    return ops.random_crop_offsets(crop_key, size, size, crop)
+
+  return offsets
+
+
+def make_train_example(cfg, epoch: int, *, cropped: bool = False):
+  """The per-example train transform for `epoch` (a tf.data map function).
+
+  cropped: the split delivers the crops already (FileSplit.train_crops, at `crop_offsets`);
+  otherwise the squares are cropped here at the same positions.
+  """
   seed, crop, sigma = cfg.seed, cfg.data.crop_size, cfg.data.pca_lighting
-  random_crop, flip = cfg.data.random_crop, cfg.data.flip
+  offsets, flip = crop_offsets(cfg, epoch), cfg.data.flip
 
   def train_example(example_id, square, label):
-    crop_key, flip_key, lighting_key = ops.split_key(ops.example_key(seed, epoch, example_id), 3)
-    if random_crop:
-      image = ops.random_crop(square, crop, crop_key)
+    _, flip_key, lighting_key = _example_keys(seed, epoch, example_id)
+    if cropped:
+      image = square
     else:
-      image = ops.central_crop(square, crop)
+      with tf.control_dependencies(ops._assert_fits(square, crop)):
+        top, left = offsets(example_id)
+        image = ops._crop(square, top, left, crop)
     if flip:
       image = ops.random_flip(image, flip_key)
     if sigma > 0:
@@ -58,11 +82,16 @@ def train_batches(cfg, split, *, epoch: int, first_batch: int, shard_index: int,
                   shard_count: int) -> tf.data.Dataset:
   """This process's batches of `epoch`, from in-epoch batch `first_batch` to the epoch's end."""
   local = order.local_batch_size(cfg.batch_size, shard_count)
-  ds = split.train_examples(seed=cfg.seed, epoch=epoch, first_batch=first_batch,
-                            global_batch=cfg.batch_size, shard_index=shard_index,
-                            shard_count=shard_count)
-  ds = ds.map(make_train_example(cfg, epoch), num_parallel_calls=split.options.parallel,
-              deterministic=True)
+  order_args = dict(seed=cfg.seed, epoch=epoch, first_batch=first_batch,
+                    global_batch=cfg.batch_size, shard_index=shard_index, shard_count=shard_count)
+  # Full-size files: each crop decoded and resized from only the pixels it needs (same view).
+  cropped = isinstance(split, FileSplit) and split.crops_pay_off()
+  if cropped:
+    ds = split.train_crops(crop=cfg.data.crop_size, offsets=crop_offsets(cfg, epoch), **order_args)
+  else:
+    ds = split.train_examples(**order_args)
+  ds = ds.map(make_train_example(cfg, epoch, cropped=cropped),
+              num_parallel_calls=split.options.parallel, deterministic=True)
   return ds.batch(local, drop_remainder=True).prefetch(AUTOTUNE)
 
 
