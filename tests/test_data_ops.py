@@ -125,6 +125,30 @@ def test_decode_square_crop_is_the_crop_of_the_resized_square(width, height, siz
       assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, (top, left)
 
 
+@pytest.mark.parametrize("height,width,size,scale,translation", [
+    (328, 331, 224, 256 / 375, (0.3, -0.7)),  # a full-size photo's crop window: shrink
+    (200, 150, 224, 256 / 150, (-3.5, 1.25)),  # enlarge, non-square window
+])
+def test_two_pass_resize_is_the_2d_op_bit_for_bit(height, width, size, scale, translation):
+  rng = np.random.default_rng(height)
+  image = tf.constant(rng.integers(0, 256, (height, width, 3), np.uint8))
+  two_pass = ops._scale_and_translate(image, size, tf.constant([scale, scale], tf.float32),
+                                      tf.constant(translation, tf.float32)).numpy()
+  reference = tf.raw_ops.ScaleAndTranslate(
+      images=image[None], size=[size, size], scale=[scale, scale], translation=translation,
+      kernel_type="triangle", antialias=True)[0].numpy()
+  assert two_pass.shape == (size, size, 3)
+  np.testing.assert_array_equal(two_pass, reference)
+
+
+@pytest.mark.parametrize("height,width", [(375, 375), (375, 500), (150, 120)])
+def test_resize_square_is_tf_image_resize_bit_for_bit(height, width):
+  image = tf.constant(np.random.default_rng(width).integers(0, 256, (height, width, 3), np.uint8))
+  reference = tf.image.resize(image, [256, 256], method="bilinear", antialias=True)
+  reference = np.clip(np.round(reference.numpy()), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(ops.resize_square(image, 256).numpy(), reference)
+
+
 def test_decode_square_crop_of_a_png_is_the_reference_exactly(photo):
   image_bytes = datagen.encode(photo, "PNG")
   view = ops.decode_square_crop(tf.constant(image_bytes), 256, 224, 17, 5).numpy()
