@@ -112,5 +112,7 @@ def test_auto_pooling_takes_slices_on_cpu():
 
 @pytest.mark.parametrize("field, value", [("pool_impl", "fft"), ("conv1_impl", "winograd")])
 def test_unknown_implementations_name_the_field(field, value):
+  cfg = base_config().model
+  cfg[field] = value
   with pytest.raises(ValueError, match=f"config.model.{field}={value!r}"):
-    build(**{field: value})
+    M.check_options(*M.options_from_config(cfg, 32))  # what program.validate runs

@@ -127,11 +127,14 @@ def test_auto_takes_onednn_on_one_cpu_device_only(monkeypatch):
 
 
 def test_bad_choices_name_the_field(monkeypatch):
+  def check(**fields):  # what program.validate runs
+    M.check_options(*M.options_from_config(_model_cfg("small", **fields), 32))
+
   with pytest.raises(ValueError, match="config.model.conv_impl='mkl'"):
-    M.create_model(_model_cfg("small", conv_impl="mkl"), 32, nnx.Rngs(0))
+    check(conv_impl="mkl")
   monkeypatch.setattr(onednn, "available", lambda: False)
   with pytest.raises(ValueError, match="config.model.conv_impl=onednn: .*use auto or xla"):
-    M.create_model(_model_cfg("small", conv_impl="onednn"), 32, nnx.Rngs(0))
+    check(conv_impl="onednn")
 
 
 def test_a_train_step_on_one_device_matches_xla():
