@@ -146,9 +146,11 @@ def _train(cfg, workdir: str, plan: program_lib.Plan, info,
     bad = _first_nonfinite(history, history_start)
     if bad is not None:
       checkpointer.wait()
-      raise NonFiniteLoss(f"{bad[1]} became NaN or Inf at step {bad[0]}; stopped, and the last "
-                          f"good checkpoint (step {checkpointer.latest_step()}) is kept. Lower "
-                          "config.optim.learning_rate or check the data.")
+      last = checkpointer.latest_step()
+      kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
+              else "no checkpoint had been written yet")
+      raise NonFiniteLoss(f"{bad[1]} became NaN or Inf at step {bad[0]}; stopped, and {kept}. "
+                          "Lower config.optim.learning_rate or check the data.")
 
   rows = program.train_feed.rows
   batches = program.train_feed.prefetch(
