@@ -91,11 +91,9 @@ def eval_iterator(squares: np.ndarray, labels: np.ndarray, *, crop_size: int, vi
     raise DataError(f"crop_size {crop_size} is larger than the {squares.shape[1]} px squares; "
                     "set data.crop_size <= data.resize_size")
   num_examples = len(labels)
-  local = order.local_batch_size(global_batch, shard_count)
-  rows = np.arange(shard_index * local, (shard_index + 1) * local)
   crop = central_crop if views == "center" else ten_crop
-  for batch in range(order.num_eval_batches(num_examples, global_batch)):
-    positions = batch * global_batch + rows
+  for positions in order.eval_positions(num_examples=num_examples, global_batch=global_batch,
+                                        shard_index=shard_index, shard_count=shard_count):
     mask = positions < num_examples
     known = np.minimum(positions, num_examples - 1)
     images = np.array(crop(squares[known], crop_size))  # a copy: padding rows are zeroed

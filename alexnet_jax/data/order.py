@@ -75,3 +75,12 @@ def eval_indices(*, num_examples: int, global_batch: int, shard_index: int,
   positions = np.arange(batches * global_batch).reshape(batches, global_batch)
   mine = positions[:, shard_index * local:(shard_index + 1) * local].reshape(-1)
   return mine[mine < num_examples]
+
+
+def eval_positions(*, num_examples: int, global_batch: int, shard_index: int,
+                   shard_count: int) -> list[np.ndarray]:
+  """Per evaluation batch, the positions block `shard_index` holds, padding included (positions
+  >= num_examples are padding): what eval_indices lists without the padding, batch by batch."""
+  local = local_batch_size(global_batch, shard_count)
+  rows = np.arange(shard_index * local, (shard_index + 1) * local)
+  return [b * global_batch + rows for b in range(num_eval_batches(num_examples, global_batch))]

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from typing import Iterator
 
 import numpy as np
 
+from alexnet_jax.data import order
 from alexnet_jax.data.info import DataError, DatasetInfo
 
 SPLITS = ("train", "validation", "test")
@@ -107,9 +107,8 @@ def eval_iterator(cfg, split: str, *, views: str, global_batch: int, shard_index
                   shard_count: int) -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split`: ceil(N / batch) batches, the rows past the end masked out."""
   num_examples = split_size(cfg, split)
-  rows = _rows(global_batch, shard_index, shard_count)
-  for batch in range(math.ceil(num_examples / global_batch)):
-    ids = batch * global_batch + rows
+  for ids in order.eval_positions(num_examples=num_examples, global_batch=global_batch,
+                                  shard_index=shard_index, shard_count=shard_count):
     # Evaluation examples are other ids than training's: the split starts after them.
     images, labels = _examples(cfg, ids + cfg.data.synthetic_train_size)
     if views == "10crop":
