@@ -36,17 +36,17 @@ def _example_keys(seed, epoch, example_id):
   return ops.split_key(ops.example_key(seed, epoch, example_id), 3)
 
 
+def _crop_position(cfg, crop_key):
+  """(top, left) of a training crop in the S x S square: random from its key, or central."""
+  size, crop = cfg.data.resize_size, cfg.data.crop_size
+  if not cfg.data.random_crop:
+    return tf.constant((size - crop) // 2), tf.constant((size - crop) // 2)  # central_crop's
+  return ops.random_crop_offsets(crop_key, size, size, crop)
+
+
 def crop_offsets(cfg, epoch: int):
   """example_id -> (top, left) of its training crop in the S x S square (random or central)."""
-  seed, size, crop = cfg.seed, cfg.data.resize_size, cfg.data.crop_size
-
-  def offsets(example_id):
-    if not cfg.data.random_crop:
-      return tf.constant((size - crop) // 2), tf.constant((size - crop) // 2)  # central_crop's
-    crop_key = _example_keys(seed, epoch, example_id)[0]
-    return ops.random_crop_offsets(crop_key, size, size, crop)
-
-  return offsets
+  return lambda example_id: _crop_position(cfg, _example_keys(cfg.seed, epoch, example_id)[0])
 
 
 def make_train_example(cfg, epoch: int, *, cropped: bool = False):
@@ -56,15 +56,15 @@ def make_train_example(cfg, epoch: int, *, cropped: bool = False):
   otherwise the squares are cropped here at the same positions.
   """
   seed, crop, sigma = cfg.seed, cfg.data.crop_size, cfg.data.pca_lighting
-  offsets, flip = crop_offsets(cfg, epoch), cfg.data.flip
+  flip = cfg.data.flip
 
   def train_example(example_id, square, label):
-    _, flip_key, lighting_key = _example_keys(seed, epoch, example_id)
+    crop_key, flip_key, lighting_key = _example_keys(seed, epoch, example_id)  # once per example
     if cropped:
       image = square
     else:
       with tf.control_dependencies(ops._assert_fits(square, crop)):
-        top, left = offsets(example_id)
+        top, left = _crop_position(cfg, crop_key)
         image = ops._crop(square, top, left, crop)
     if flip:
       image = ops.random_flip(image, flip_key)
