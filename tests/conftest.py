@@ -29,3 +29,21 @@ from alexnet_jax import compile_cache  # noqa: E402
 # On from the first compilation (JAX decides once per process), as the command line does; not
 # only from the first test that happens to call cli.main.
 compile_cache.enable()
+
+import pytest  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Under pytest-xdist (pyproject's `-n 2 --dist loadgroup`), the tests of a module that share a
+  module-scoped fixture (a trained run, a multi-process group) go to one worker, so the fixture
+  runs once; every other test goes to whichever worker is free. A test's own xdist_group mark
+  (tests/test_multiprocess.py splits its module in two) wins."""
+  for item in items:
+    if item.get_closest_marker("xdist_group"):
+      continue
+    definitions = getattr(item, "_fixtureinfo", None)
+    shared = definitions and any(defs[-1].scope == "module"
+                                 for defs in definitions.name2fixturedefs.values())
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -166,5 +166,3 @@ def import_blocker(*packages: str) -> str:
   """sitecustomize.py text under which importing any of `packages` raises ImportError."""
   return _BLOCKER.format(blocked=tuple(packages))
 
-
-BLOCKER = import_blocker("tensorflow", "tensorflow_datasets", "sklearn")

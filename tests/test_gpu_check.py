@@ -102,10 +102,17 @@ def test_the_figures_say_what_they_measured(check):
   assert [r["label"] for r in rows] == ["ours (alexnet_jax)", "torch eager",
                                         "torch eager channels_last"]
   assert rows[1]["ready"]["settings"] == {}  # no GPU settings on a CPU
-  # Same device count and program: the resumed run is bitwise the uninterrupted one.
+  # `launch.py train --config.data.name=synthetic` with TensorFlow unimportable: stopped by
+  # SIGTERM, resumed from its checkpoint, bitwise the uninterrupted run (same devices, program).
   assert "stopped by SIGTERM after step" in lines["train resume"]
   assert "final evaluation's loss against the uninterrupted run's: bitwise equal" in (
       lines["train resume"])
+  evals = [json.loads(r) for r in (out / "train" / "stopped" / "metrics.jsonl").open()]
+  evals = [r for r in evals if r["split"] == "eval"]
+  assert [r["count"] for r in evals] == [16]  # every synthetic held-out example (2 x batch 8)
+  check = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                         text=True, env=environment(out.parent, *ABSENT_ON_GPU_HOSTS))
+  assert "is blocked in this test" in check.stderr  # the blocker the check ran under works
   assert "xplane.pb" in lines["profile"] and "perfetto_trace.json.gz" in lines["profile"]
   assert (out / "compare" / "compare.csv").exists()
   assert not (out / "compare" / "compare.png").exists()  # no matplotlib: the tables only

@@ -89,10 +89,13 @@ def test_paper_parameters_carry_an_explicit_tower_axis():
     ("paper", 227, 1000), ("paper6", 227, 1000), ("owt", 224, 1000), ("bn", 227, 1000),
     ("small", 32, 10), ("cnn4", 32, 10), ("paper", 224 + 3, 17)])
 def test_full_size_output_shapes(name, size, classes):
-  model = build(name, input_size=size, num_classes=classes)
-  logits = forward(model, jnp.ones((2, size, size, 3)), train=False)
+  """The forward pass traced on shapes only (tests/test_train.py runs a full-size train step of
+  each variant and checks its loss is finite)."""
+  model = abstract(name, input_size=size, num_classes=classes)
+  graphdef, state = nnx.split(model)
+  logits = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=False), state,
+                          jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
   assert logits.shape == (2, classes) and logits.dtype == jnp.float32
-  assert np.all(np.isfinite(logits))
 
 
 def test_owt_accepts_other_sizes_through_adaptive_pooling():

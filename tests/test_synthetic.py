@@ -1,22 +1,19 @@
 """Synthetic data (config.data.name=synthetic): deterministic batches of the config's shape, the
-same rows however a batch is split, every evaluation example counted once, and a whole
-train -> checkpoint -> resume cycle with TensorFlow, tensorflow-datasets and scikit-learn made
-impossible to import (the GPU machines have none of them)."""
+same rows however a batch is split, every evaluation example counted once.
+
+The whole `launch.py train --config.data.name=synthetic` cycle (train, checkpoint, stopped by
+SIGTERM, resumed, equal to an uninterrupted run) with TensorFlow, tensorflow-datasets and
+scikit-learn impossible to import is the GPU check's "train resume" part, run at tiny sizes by
+tests/test_gpu_check.py."""
 
 import itertools
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from alexnet_jax import data
 from alexnet_jax.data import DataError
-from runs import BLOCKER, config_with
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from runs import config_with
 
 
 def synthetic_cfg(**overrides):
@@ -61,45 +58,3 @@ def test_evaluation_counts_every_example_once_and_has_ten_views():
   assert views["image"].shape == (64, 10, 32, 32, 3)
   with pytest.raises(DataError, match="synthetic data has no split 'holdout'"):
     data.dataset_info(synthetic_cfg(**{"data.eval_split": "holdout"}))
-
-
-def train(workdir, epochs, blocker_dir):
-  env = dict(os.environ, PYTHONPATH=f"{blocker_dir}{os.pathsep}{REPO}", JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                       "--xla_backend_optimization_level=0")
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch.py"), "train", "--config", "configs/test.py",
-       "--workdir", str(workdir), "--config.data.name=synthetic",
-       "--config.data.synthetic_train_size=320", "--config.data.synthetic_eval_size=100",
-       f"--config.num_epochs={epochs}", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=3"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stderr
-
-
-def test_train_checkpoints_and_resumes_without_tensorflow(tmp_path):
-  blocker_dir = tmp_path / "site"
-  blocker_dir.mkdir()
-  (blocker_dir / "sitecustomize.py").write_text(BLOCKER)
-  check = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(blocker_dir)))
-  assert "is blocked in this test" in check.stderr  # the blocker works
-
-  whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-  train(whole, 0.6, blocker_dir)  # 10 steps per epoch: 6 steps
-  first = train(resumed, 0.3, blocker_dir)  # 3 steps, checkpointed ...
-  assert "starting fresh" in first
-  second = train(resumed, 0.6, blocker_dir)  # ... then on to 6
-  assert "resuming at step 3" in second
-
-  def records(workdir):
-    with open(workdir / "metrics.jsonl") as f:
-      return {(r["step"], r["split"]): r for r in map(json.loads, f)}
-
-  a, b = records(whole), records(resumed)
-  for step in range(4, 7):
-    for key in ("loss", "grad_norm", "param_norm"):
-      assert b[step, "train"][key] == a[step, "train"][key], (step, key)
-  assert b[6, "eval"]["count"] == a[6, "eval"]["count"] == 100
-  assert b[6, "eval"]["top1_err"] == a[6, "eval"]["top1_err"]
