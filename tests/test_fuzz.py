@@ -393,7 +393,10 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(trained, tmp_path):
                                                      "--config.eval_every_epochs=0.1818"))]
   # 8 virtual devices in-process here; the subprocess has 2: the batch of 32 splits either way.
   with open(log_path, "w") as log:
-    p = subprocess.Popen(command, cwd=REPO, env=runs.env(), stdout=log, stderr=subprocess.STDOUT)
+    # Ctrl-C as at a terminal: a test run started in the background (`pytest &` in a script)
+    # hands its children SIGINT ignored, which `train` rightly leaves alone.
+    p = subprocess.Popen(command, cwd=REPO, env=runs.env(), stdout=log, stderr=subprocess.STDOUT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   runs.wait_for(lambda: runs.last_train_step(run) >= 6, p, timeout=180)
   p.send_signal(signal.SIGINT)
   # The second Ctrl-C once the first is handled: two signals before the handler runs would
