@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Callable
 
 from alexnet_jax import configlib, gpu_check, params_cli
@@ -39,6 +40,8 @@ def cmd_train(args, overrides: list[str]) -> int:
     print(f"{e}. To resume, run the same command again: {_command_line()}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGTERM)  # what a shell reports for a signal: not success
   except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a checkpoint
+    # It may land inside Orbax's save: the coroutines it leaves unstarted warn when collected.
+    warnings.filterwarnings("ignore", r"coroutine '(run_sync|AsyncCheckpointer)\.", RuntimeWarning)
     print(f"error: stopped at once by a second Ctrl-C; {_last_checkpoint(workdir)}. To resume "
           f"from it, run the same command again: {_command_line()}", file=sys.stderr)
     return 128 + signal.SIGINT
@@ -233,6 +236,8 @@ def _quiet_unraisable() -> None:
       return
     if isinstance(e, ImportError) and "Python is likely shutting down" in str(e):
       return
+    if isinstance(e, AttributeError) and getattr(obj, "__qualname__", "") == "BaseEventLoop.__del__":
+      return  # an event loop a second Ctrl-C interrupted while Orbax was making it
     code = getattr(obj, "cr_code", None)
     if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
       return
