@@ -17,12 +17,60 @@ same rows as its tower partner for two_tower), and only process 0 writes metrics
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 
 from alexnet_jax import configlib
 
 log = logging.getLogger("alexnet_jax.distributed")
+
+# How long a process waits for a late peer before a program's first collective
+# (wait_for_peers). Set-up can legitimately differ by minutes between hosts (one reads its
+# dataset's index from a slow shared disk). A peer that fails before the barrier does not
+# hold the others for this long: they stop with an error when its exit times out at JAX's
+# shutdown barrier (5 minutes). ALEXNET_JAX_PEER_TIMEOUT (seconds) sets another limit.
+PEER_TIMEOUT_S = 1800
+
+
+def peer_timeout() -> int:
+  value = os.environ.get("ALEXNET_JAX_PEER_TIMEOUT", "")
+  if not value:
+    return PEER_TIMEOUT_S
+  try:
+    seconds = int(value)
+  except ValueError:
+    seconds = 0
+  if seconds < 1:
+    raise configlib.ConfigError(f"ALEXNET_JAX_PEER_TIMEOUT={value!r} is not a whole number of "
+                                "seconds >= 1: set it to one, or unset it for the default "
+                                f"({PEER_TIMEOUT_S})")
+  return seconds
+
+
+_barriers_passed: collections.Counter = collections.Counter()
+
+
+def wait_for_peers(name: str) -> None:
+  """Hold until every process has reached this point (nothing to wait for in one process).
+
+  Called before a program's first collective. gloo, the CPU collectives, gives a process 30 s
+  (fixed inside XLA) to join a new group of peers, and a process held up by work only it does
+  (process 0 writes the run's files) on a loaded machine can be later than that; this barrier,
+  on JAX's coordination service, waits up to peer_timeout() instead. Every process must pass
+  the same barriers in the same order.
+  """
+  import jax
+
+  if jax.process_count() == 1:
+    return
+  # The coordination service's client: JAX has no public barrier that is not itself a
+  # collective (Orbax waits on this client the same way).
+  from jax._src import distributed as jax_distributed
+
+  _barriers_passed[name] += 1
+  jax_distributed.global_state.client.wait_at_barrier(
+      f"alexnet_jax: {name} #{_barriers_passed[name]}", timeout_in_ms=peer_timeout() * 1000)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +142,7 @@ def initialize(args: argparse.Namespace) -> bool:
       visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
       if visible and len(visible.split(",")) == 1:
         kwargs["local_device_ids"] = [0]
+  peer_timeout()  # a bad value is refused before any peer waits on this one
   # Collectives between CPU devices of different processes (the GPU backend has its own);
   # gloo is JAX 0.10's default, named here so that no other default is picked up.
   try:

@@ -30,6 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import configlib
+from alexnet_jax import distributed
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -254,6 +255,7 @@ def build(cfg, devices: Sequence[jax.Device] | None = None, *, plan: Plan | None
                        compiler_options=compiler_options)
   eval_step = jax.jit(make_eval_step(cfg, fns), out_shardings=replicated,
                       compiler_options=compiler_options)
+  distributed.wait_for_peers("program built")  # the processes leave set-up together
   return Program(
       cfg=cfg, strategy=strategy, mesh=mesh, fns=fns, tx=tx, schedule=schedule, init=init,
       state_shapes=shapes, state_shardings=shardings,

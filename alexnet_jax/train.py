@@ -24,6 +24,7 @@ import numpy as np
 
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import configlib
+from alexnet_jax import distributed
 from alexnet_jax import optim
 from alexnet_jax import profiling
 from alexnet_jax import program as program_lib
@@ -133,6 +134,7 @@ def _train(cfg, workdir: str, plan: program_lib.Plan, info,
   # --- loop ---
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = _progress_bar(cfg, total_steps, start_step, enabled=is_main)
+  distributed.wait_for_peers("training starts")  # process 0 alone opened the writers
   history: list[dict] = []
   history_start, last_log_time, last_log_step = start_step, time.perf_counter(), start_step
   eval_metrics: dict[str, float] = {}

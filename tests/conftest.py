@@ -47,3 +47,19 @@ def pytest_collection_modifyitems(items):
                                  for defs in definitions.name2fixturedefs.values())
     if shared:
       item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+# A test that carries its own xdist_group mark: under loadgroup its id comes back with the group.
+ALWAYS_GROUPED = "test_multiprocess.py::test_every_strategy_trains_alike_in_every_layout["
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+  """xdist groups by suffixing each grouped test's node id with its group (`...]@name`); where
+  that fails (pytest 9.2 with xdist 3.8) every module fixture would run on both workers,
+  doubling the suite's time and load without an error, so the run stops instead."""
+  if node.config.getvalue("dist") == "loadgroup" and any(
+      ALWAYS_GROUPED in i and "@" not in i.rpartition("]")[2] for i in ids):
+    pytest.exit("pytest-xdist's loadgroup did not group the tests that share a fixture: this "
+                "pytest and pytest-xdist do not work together (pytest-dev/pytest-xdist#1386); "
+                "pip install -e '.[test]' for the versions pyproject.toml names, or run -n 0",
+                returncode=4)

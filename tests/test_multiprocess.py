@@ -20,6 +20,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -65,25 +66,33 @@ def process_env(devices: int, extra: dict | None = None) -> dict:
 
 
 def start(cmd, devices, *, env=None) -> subprocess.Popen:
-  return subprocess.Popen(cmd, cwd=REPO, env=process_env(devices, env), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  # Output to a file, not a pipe: a process whose pipe is full blocks until the test reads it,
+  # which it does one process at a time; its peers then time out at JAX's shutdown barrier.
+  log = tempfile.TemporaryFile("w+")
+  p = subprocess.Popen(cmd, cwd=REPO, env=process_env(devices, env), stdout=log,
+                       stderr=subprocess.STDOUT, text=True)
+  p.log = log
+  return p
 
 
-def start_group(cmd, processes: int, devices: int) -> list[subprocess.Popen]:
+def start_group(cmd, processes: int, devices: int, *, env=None) -> list[subprocess.Popen]:
   """`processes` copies of `cmd`, joined with the explicit flags (none for one process)."""
   if processes == 1:
-    return [start(cmd, devices)]
+    return [start(cmd, devices, env=env)]
   port = free_slurm_port()
   return [start([*cmd, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes",
-                 str(processes), "--process_id", str(i)], devices) for i in range(processes)]
+                 str(processes), "--process_id", str(i)], devices, env=env)
+          for i in range(processes)]
 
 
 def finish(procs, timeout: float = 600) -> list[str]:
   outputs = []
   try:
     for p in procs:
-      out, _ = p.communicate(timeout=timeout)
-      outputs.append(out)
+      p.wait(timeout=timeout)
+      p.log.seek(0)
+      outputs.append(p.log.read())
+      p.log.close()
   finally:
     for p in procs:
       if p.poll() is None:
@@ -276,6 +285,36 @@ def test_bench_compare_and_evaluate_report_the_global_batch(one_process, tmp_pat
   assert f"{HELD_OUT} examples" in double and table(double) == table(single)
 
 
+# --- the end of a run ------------------------------------------------------------------------
+
+LATE_PEER = """
+import argparse, time
+import numpy as np
+from alexnet_jax import distributed
+p = argparse.ArgumentParser()
+distributed.add_arguments(p)
+args = p.parse_args()
+distributed.initialize(args)
+import jax
+from jax.experimental import multihost_utils
+if jax.process_index() == 1:
+  time.sleep(5)  # held up before its work, as process 0 is by writing the run's files
+distributed.wait_for_peers("start")
+multihost_utils.process_allgather(np.int32(1))  # the first collective
+"""
+
+
+def test_a_late_peer_is_waited_for_before_the_first_collective():
+  """A process 5 s behind its peer at wait_for_peers: both exit 0 under the default limit; with
+  ALEXNET_JAX_PEER_TIMEOUT=2 the same delay is fatal at that barrier. (gloo alone would give
+  the late one 30 s: 40 s late, a run failed with "Gloo context initialization failed:
+  DEADLINE_EXCEEDED", checked by hand.)"""
+  cmd = [sys.executable, "-c", LATE_PEER]
+  finish(start_group(cmd, 2, 1))
+  with pytest.raises(AssertionError, match="alexnet_jax: start #1"):
+    finish(start_group(cmd, 2, 1, env={"ALEXNET_JAX_PEER_TIMEOUT": "2"}))
+
+
 # --- launch flags ---------------------------------------------------------------------------
 
 
@@ -304,3 +343,11 @@ def test_partial_distributed_flags_are_one_line_errors(capsys):
   assert cli.main(["train", "--config", "configs/test.py", "--coordinator_address", "h:1",
                    "--num_processes", "2", "--process_id", "2"]) == 2
   assert "--process_id 2 is not in [0, 2)" in capsys.readouterr().err
+
+
+def test_a_bad_peer_timeout_is_a_one_line_error(monkeypatch, capsys):
+  monkeypatch.setenv("ALEXNET_JAX_PEER_TIMEOUT", "5m")
+  assert cli.main(["train", "--config", "configs/test.py", "--coordinator_address", "h:1",
+                   "--num_processes", "2", "--process_id", "1"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "ALEXNET_JAX_PEER_TIMEOUT='5m' is not a whole number" in err[0]
