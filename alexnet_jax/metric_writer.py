@@ -62,15 +62,18 @@ class MetricWriter:
         self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
 
   def close(self) -> None:
+    """Close both files. Called on the way out of a failed run too: a full disk here (the last
+    JSON line, or TensorBoard's buffered events, which its writer thread flushes when it likes)
+    must not replace the error that named what could not be written."""
     if not self.enabled:
       return
-    try:
-      self._jsonl.close()
-    except OSError as e:  # the last buffered line could not be written
-      if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-        raise
-    if self._tb is not None:
-      self._tb.close()
+    for file in (self._jsonl, self._tb):
+      try:
+        if file is not None:
+          file.close()
+      except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+          raise
 
 
 def parse_lines(text: str) -> tuple[list[dict], int]:

@@ -155,6 +155,33 @@ def test_a_fresh_start_drops_everything_and_none_keeps_everything(tmp_path):
   assert read_metrics(str(tmp_path)) == []
 
 
+class _ClosesWith:
+  """Stands in for TensorBoard's writer: its close flushes buffered events and can fail."""
+
+  def __init__(self, code):
+    self.code = code
+
+  def close(self):
+    raise OSError(self.code, os.strerror(self.code))
+
+
+def test_a_full_disk_at_close_does_not_hide_the_error_that_stopped_the_run(tmp_path):
+  """close() runs on the way out of a run stopped by a full disk (a checkpoint that could not be
+  written); TensorBoard's events, flushed by its own thread when it likes, then fail to write too
+  and must not replace that one-line error. Other errors still surface."""
+  writer = MetricWriter(str(tmp_path))
+  writer.write(1, "train", {"loss": 0.5})
+  writer._tb.close()
+  writer._tb = _ClosesWith(errno.ENOSPC)
+  writer.close()
+  assert read_metrics(str(tmp_path))[-1]["loss"] == 0.5
+  writer = MetricWriter(str(tmp_path))
+  writer._tb.close()
+  writer._tb = _ClosesWith(errno.EIO)
+  with pytest.raises(OSError, match="Input/output error"):
+    writer.close()
+
+
 def test_a_cut_off_last_line_is_removed_not_appended_to(tmp_path, caplog):
   path = tmp_path / "metrics.jsonl"
   path.write_text(_lines(4) + '{"step": 5, "split": "tra')
