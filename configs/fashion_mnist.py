@@ -10,9 +10,9 @@ are left-right symmetric, unlike digits); no PCA lighting (it would tint grey im
 Evaluated on the 10,000 test images ("validation" names them too).
 
 Reaches 92.75% top-1 accuracy on the 10,000 test images (7.25% error, top-5 error 0.11%) in
-19 min 13 s from the first log line to the final evaluation (18 epochs, 8,424 steps, ~1,000
-images/s; the command alone on the shared 2-core machine, 2026-12-03, seed 0; a second run of
-the same command beside another job gave the same 92.75%, bit for bit, in 38 minutes):
+21 min 6 s from the first log line to the final evaluation (18 epochs, 8,424 steps, 650 to
+1,100 images/s; the shared 2-core AMD EPYC machine, 2026-12-04, seed 0; every run of the
+command has given the same 92.75%, bit for bit):
 
   python launch.py train --config configs/fashion_mnist.py --workdir runs/fashion_mnist \
       --config.progress=false
