@@ -285,7 +285,7 @@ def test_bench_compare_and_evaluate_report_the_global_batch(one_process, tmp_pat
   assert f"{HELD_OUT} examples" in double and table(double) == table(single)
 
 
-# --- the end of a run ------------------------------------------------------------------------
+# --- a late peer ------------------------------------------------------------------------------
 
 LATE_PEER = """
 import argparse, time

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import cli, configlib, data, metrics, optim, program, sharding, train
+from alexnet_jax import (cli, configlib, data, distributed, metrics, optim, program, sharding,
+                         train)
 from alexnet_jax.data import synthetic
 from alexnet_jax.metric_writer import read_metrics
 from runs import config_with
@@ -143,11 +144,16 @@ def test_default_config_reaches_its_stated_accuracy(tmp_path):
   assert str(final["step"]) in os.listdir(workdir / "checkpoints")
 
 
-def test_same_workdir_resumes_from_the_latest_checkpoint(tmp_path):
+def test_same_workdir_resumes_from_the_latest_checkpoint(tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   cfg = config_with(num_epochs=0.25, checkpoint_every_steps=4, log_every_steps=1,
                     eval_every_epochs=10.0)
+  # Where several processes wait for each other (a no-op in this one): after the program is
+  # built, and after process 0 alone opened the writers, before the first step.
+  barriers = []
+  monkeypatch.setattr(distributed, "wait_for_peers", barriers.append)
   train.train_and_evaluate(cfg, workdir)  # 11 steps; checkpoints at 4, 8, 11
+  assert barriers == ["program built", "training starts"]
   first = [r for r in read_metrics(workdir) if r["split"] == "train"]
   assert [r["step"] for r in first] == list(range(1, 12))
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
