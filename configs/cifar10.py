@@ -21,7 +21,7 @@ def get_config():
   c.data.crop_size = 32
   c.data.cache = True
   c.batch_size = 128
-  c.eval_batch_size = 500
+  c.eval_batch_size = 512
   c.num_epochs = 60.0
   c.optim.name = "sgdw"
   c.optim.learning_rate = 0.05

@@ -18,7 +18,7 @@ def get_config():
   c.data.resize_size = 256
   c.data.crop_size = 224
   c.batch_size = 128
-  c.eval_batch_size = 250
+  c.eval_batch_size = 256
   c.num_epochs = 60.0
   c.optim.name = "sgdw"
   c.optim.learning_rate = 0.02

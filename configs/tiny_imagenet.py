@@ -23,7 +23,7 @@ def get_config():
   c.data.crop_size = 64
   c.data.cache = True
   c.batch_size = 256
-  c.eval_batch_size = 500
+  c.eval_batch_size = 512
   c.num_epochs = 60.0
   c.optim.name = "sgdw"
   c.optim.learning_rate = 0.05
