@@ -288,6 +288,11 @@ DEFAULT_CONFIG = "default"
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
+def shipped_configs() -> list[str]:
+  """The names of the repository's configs (what `--config NAME` accepts bare)."""
+  return sorted(p.stem for p in REPO_CONFIGS.glob("*.py") if p.stem != "__init__")
+
+
 def resolve_config_path(name: str) -> str:
   """A config file path, or a bare name looked up in the repository's (or installed) configs/."""
   path, sep, arg = name.partition(":")
@@ -303,7 +308,7 @@ def resolve_config_path(name: str) -> str:
       return str(candidate) + sep + arg
   raise ConfigError(
       f"--config {name}: no such config; pass a file such as configs/default.py or one of: "
-      + ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.py") if p.stem != "__init__")))
+      + ", ".join(shipped_configs()))
 
 
 def load(name: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
