@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Mapping, Sequence
 
@@ -39,7 +40,7 @@ class MetricWriter:
     repair(self.path, resume_step)
     self._jsonl = open(self.path, "a", buffering=1)
     try:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer_class()
       tb_dir = os.path.join(workdir, "tb")
       # purge_step: TensorBoard hides the older files' events at steps >= it.
       resumed = resume_step is not None and os.path.isdir(tb_dir) and os.listdir(tb_dir)
@@ -74,6 +75,27 @@ class MetricWriter:
       except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
           raise
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without its probe for PyTorch.
+
+  tensorboardX's writer module tries `import torch` when it loads, only so that its add_*
+  methods accept torch tensors; this writer passes floats. Where PyTorch is installed that probe
+  costs more than a second of every run's start-up, so it is made to fail (a None entry in
+  sys.modules makes `import torch` raise ImportError) while tensorboardX loads, and the entry is
+  removed afterwards: torch stays importable for everything else.
+  """
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter
 
 
 def parse_lines(text: str) -> tuple[list[dict], int]:

@@ -1,5 +1,6 @@
-"""Test setup: 8 virtual CPU devices (for meshes), quiet TensorFlow, the repo on sys.path, one
-compilation cache for the whole run."""
+"""Test setup: 8 virtual CPU devices (for meshes), XLA's backend optimisation off, quiet
+TensorFlow, the repo on sys.path, one compilation cache and one folder of shared trained runs for
+the whole run."""
 
 import atexit
 import os
@@ -7,8 +8,12 @@ import shutil
 import sys
 import tempfile
 
-# Must happen before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must happen before jax is imported anywhere. XLA's backend (LLVM) optimisation off: programs,
+# the random initialisers' above all, compile several times faster and compute the same to float
+# rounding; each test compares programs built alike. Tests that run what a user runs (the
+# default config's accuracy) start `launch.py` without these flags.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache shared by the whole test run: this process and every
@@ -19,6 +24,12 @@ if "ALEXNET_JAX_COMPILE_CACHE" not in os.environ:
   _session_cache = tempfile.mkdtemp(prefix="alexnet_jax_test_compile_cache_")
   atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
   os.environ["ALEXNET_JAX_COMPILE_CACHE"] = _session_cache
+# Likewise one folder for the trained runs several tests share (tests/runs.py): made once per test
+# run, not once per pytest-xdist worker (the workers inherit this process's environment).
+if "ALEXNET_JAX_TEST_RUNS" not in os.environ:
+  _session_runs = tempfile.mkdtemp(prefix="alexnet_jax_test_runs_")
+  atexit.register(shutil.rmtree, _session_runs, ignore_errors=True)
+  os.environ["ALEXNET_JAX_TEST_RUNS"] = _session_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:

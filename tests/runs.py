@@ -3,13 +3,14 @@
 `python launch.py train` on configs/test.py in a subprocess, 2 virtual CPU devices, every step
 logged: 24 steps of 32 digits, evaluations (and checkpoints with metrics) at steps 8, 16 and 24
 under the plateau schedule, and checkpoints every 5 steps. The uninterrupted reference run is
-made once per test session and shared. Subprocesses use the test run's compilation cache
-(conftest.py), so only the first one compiles.
+made once per test run and shared by every worker. Subprocesses use the test run's compilation
+cache (conftest.py), so only the first one compiles.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import json
 import os
@@ -43,6 +44,11 @@ OVERRIDES = (
 
 @functools.cache
 def session_dir() -> str:
+  """The test run's folder of shared runs (conftest.py: one for every pytest-xdist worker)."""
+  path = os.environ.get("ALEXNET_JAX_TEST_RUNS")
+  if path:
+    os.makedirs(path, exist_ok=True)
+    return path
   path = tempfile.mkdtemp(prefix="alexnet_jax_runs_")
   atexit.register(shutil.rmtree, path, ignore_errors=True)
   return path
@@ -84,10 +90,17 @@ def run(workdir: str, log_path: str, *extra: str, timeout: float = 300) -> str:
 
 @functools.cache
 def reference_run() -> str:
-  """The work directory of the uninterrupted run (made once per session); steps 3-4 traced with
-  JAX's profiler (config.profile_steps), which changes no number."""
+  """The work directory of the uninterrupted run, made once per test run: the first worker to
+  ask makes it under a lock, the others wait for it. Steps 3-4 traced with JAX's profiler
+  (config.profile_steps), which changes no number."""
   workdir = os.path.join(session_dir(), "reference")
-  run(workdir, os.path.join(session_dir(), "reference.log"), "--config.profile_steps=3-4")
+  done = os.path.join(session_dir(), "reference.done")
+  with open(os.path.join(session_dir(), "reference.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not os.path.exists(done):
+      shutil.rmtree(workdir, ignore_errors=True)  # a failed attempt's
+      run(workdir, os.path.join(session_dir(), "reference.log"), "--config.profile_steps=3-4")
+      open(done, "w").close()
   return workdir
 
 

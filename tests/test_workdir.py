@@ -155,6 +155,30 @@ def test_a_fresh_start_drops_everything_and_none_keeps_everything(tmp_path):
   assert read_metrics(str(tmp_path)) == []
 
 
+TENSORBOARD_WITHOUT_TORCH = """
+import os, sys
+from alexnet_jax.metric_writer import MetricWriter
+writer = MetricWriter(sys.argv[1])
+writer.write(3, "train", {"loss": 0.25})
+writer.close()
+print("torch loaded:", "torch" in sys.modules)
+import torch  # still importable afterwards
+print("torch importable:", torch.tensor([1.0]).item() == 1.0)
+"""
+
+
+def test_tensorboard_files_are_written_without_loading_pytorch(tmp_path):
+  """tensorboardX probes `import torch` when it loads (over a second of every run's start where
+  PyTorch is installed): the writer loads it without the probe and torch stays importable."""
+  out = subprocess.run([sys.executable, "-c", TENSORBOARD_WITHOUT_TORCH, str(tmp_path)],
+                       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "torch loaded: False" in out.stdout and "torch importable: True" in out.stdout
+  (events,) = [f for f in os.listdir(tmp_path / "tb") if "tfevents" in f]
+  assert b"train/loss" in (tmp_path / "tb" / events).read_bytes()
+
+
 class _ClosesWith:
   """Stands in for TensorBoard's writer: its close flushes buffered events and can fail."""
 

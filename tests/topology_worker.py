@@ -1,6 +1,7 @@
-"""One process of a topology test: trains configs/test.py under several strategies, one after
-the other, through `train.train_and_evaluate` (the loop `launch.py train` runs), each in its own
-work directory under OUTDIR.
+"""One process of a topology test: trains configs/test.py on synthetic data (made on the host
+and fed by the rows each process's devices hold, as real batches are; no TensorFlow to load)
+under several strategies, one after the other, through `train.train_and_evaluate` (the loop
+`launch.py train` runs), each in its own work directory under OUTDIR.
 
   python tests/topology_worker.py OUTDIR data=4x1,two_tower=2x2 \
       [--coordinator_address HOST:PORT --num_processes N --process_id I]
@@ -17,7 +18,8 @@ sys.path.insert(0, REPO)
 
 from alexnet_jax import configlib, distributed  # noqa: E402
 
-STEPS = 3  # 44 steps per epoch: round(0.07 * 44) = 3 steps, then the held-out evaluation
+STEPS = 3  # one epoch of 3 batches of 32, then the held-out evaluation
+EVAL_EXAMPLES = 80  # two evaluation batches of 64, the second with 48 padded rows masked out
 
 
 def main() -> int:
@@ -36,7 +38,9 @@ def main() -> int:
     name, mesh = item.split("=")
     cfg = configlib.load_config(os.path.join(REPO, "configs", "test.py"))
     configlib.apply_overrides(cfg, [
-        f"sharding.strategy={name}", f"sharding.mesh={mesh}", "num_epochs=0.07",
+        f"sharding.strategy={name}", f"sharding.mesh={mesh}", "data.name=synthetic",
+        f"data.synthetic_train_size={STEPS * cfg.batch_size}",
+        f"data.synthetic_eval_size={EVAL_EXAMPLES}", "num_epochs=1",
         "log_every_steps=1", "checkpoint_every_steps=0", "eval_every_epochs=1"])
     workdir = os.path.join(args.outdir, name)
     if jax.process_index() == 0:  # as `launch.py train` does: the run's record, for export
