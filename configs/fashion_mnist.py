@@ -20,9 +20,10 @@ Reaches 92.52% top-1 accuracy on the 10,000 test images (7.48% error, top-5 erro
 15 epochs, not more: the same recipe for 18 epochs reached 92.75% but took 19 to 21 minutes on
 this kind of machine, whose speed varies by a fifth from hour to hour.
 
-What got it past 92%: weight decay 5e-3 (see the comment below). At 18 epochs (2026-12-03), with
-everything else equal, weight decay 5e-4 gave 91.79% (the training error fell to 4% while the test error
-stopped near 8.2%) and 2e-3 gave 92.43%; dropout 0.2 for 20 epochs at 5e-4 gave 91.82%.
+What got it past 92%: weight decay 5e-3 (see the comment below). At 18 epochs (2026-12-03),
+with everything else equal, weight decay 5e-4 gave 91.79% (the training error fell to 4% while
+the test error stopped near 8.2%) and 2e-3 gave 92.43%; dropout 0.2 for 20 epochs at 5e-4 gave
+91.82%.
 """
 
 from alexnet_jax.configlib import base_config

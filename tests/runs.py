@@ -9,7 +9,6 @@ cache (conftest.py), so only the first one compiles.
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import functools
 import json
@@ -17,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,16 +40,10 @@ OVERRIDES = (
 )
 
 
-@functools.cache
 def session_dir() -> str:
-  """The test run's folder of shared runs (conftest.py: one for every pytest-xdist worker)."""
-  path = os.environ.get("ALEXNET_JAX_TEST_RUNS")
-  if path:
-    os.makedirs(path, exist_ok=True)
-    return path
-  path = tempfile.mkdtemp(prefix="alexnet_jax_runs_")
-  atexit.register(shutil.rmtree, path, ignore_errors=True)
-  return path
+  """The test run's folder of shared runs (made by conftest.py, one for every pytest-xdist
+  worker, removed when the run ends)."""
+  return os.environ["ALEXNET_JAX_TEST_RUNS"]
 
 
 def env() -> dict[str, str]:

@@ -29,6 +29,8 @@ import pytest
 from alexnet_jax import cli
 from alexnet_jax import distributed
 
+import topology_worker  # tests/: the matrix's worker, whose steps and evaluation size it checks
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4  # configs/test.py: 1,437 digits / batch 32 = 44 steps per epoch; 0.1 epoch -> 4 steps
 HELD_OUT = 360  # digits' held-out split
@@ -222,7 +224,6 @@ def test_one_task_per_device_under_sbatch_trains_like_one_process_and_resumes(on
 # process); tests/test_sharding.py checks every strategy on one process's 8 devices.
 STRATEGIES = "two_tower=2x2,fsdp=1x4"
 LAYOUTS = {"1x4": (1, 4), "2x2": (2, 2), "4x1": (4, 1)}  # processes x devices each
-MATRIX_STEPS, MATRIX_EVAL = 3, 80  # tests/topology_worker.py: synthetic data
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def final_params(workdir):
 @pytest.mark.parametrize("strategy", [s.split("=")[0] for s in STRATEGIES.split(",")])
 def test_every_strategy_trains_alike_in_every_layout(matrix, layout, strategy):
   got, want = matrix / layout / strategy, matrix / "1x4" / strategy
-  assert_same_training(got, want, MATRIX_STEPS, MATRIX_EVAL)
+  assert_same_training(got, want, topology_worker.STEPS, topology_worker.EVAL_EXAMPLES)
   import jax
   for a, b in zip(jax.tree.leaves(final_params(got)), jax.tree.leaves(final_params(want))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
