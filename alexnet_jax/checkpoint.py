@@ -170,12 +170,27 @@ class Checkpointer:
           step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                         meta=ocp.args.JsonSave(meta)),
           metrics=metrics or {}, force=True)  # {}: not evaluated, ranked last by _error
+    except KeyboardInterrupt:
+      self._discard_unstarted(step)
+      raise
     except Exception as e:  # noqa: BLE001 (the previous save's failure surfaces here)
       if not _is_disk_full(e):
         raise
       raise self._disk_full() from None
     self._writing = (step, needed)
     return started
+
+  def _discard_unstarted(self, step: int) -> None:
+    """A second Ctrl-C inside Orbax's start of a save (the run stops at once): what Orbax had
+    already handed to its writer is finished, and the temporary directory of the save it had
+    only begun is removed now, rather than at the next start, so the run stops with its
+    checkpoints as they were."""
+    self.manager.wait_until_finished()
+    if jax.process_index() != 0:
+      return
+    for name in os.listdir(self.directory):
+      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def _disk_full(self) -> Exception:
     """The one-line error for a save that found the disk full."""

@@ -171,6 +171,26 @@ def test_a_checkpoint_left_half_written_is_never_loaded(tmp_path):
   np.testing.assert_array_equal(restored.state["w"], small_state(3)["w"])
 
 
+def test_a_second_ctrl_c_inside_the_start_of_a_save_leaves_no_half_written_step(tmp_path,
+                                                                                 monkeypatch):
+  """The run stops at once with its checkpoints as they were: Orbax had created the step's
+  temporary directory when the interrupt landed."""
+  save_steps(tmp_path, [1, 2])
+  before = sorted(os.listdir(tmp_path))
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), every_steps=1)
+
+  def interrupted_save(step, **kwargs):
+    os.makedirs(tmp_path / f"{step}.orbax-checkpoint-tmp")
+    (tmp_path / f"{step}.orbax-checkpoint-tmp" / "_CHECKPOINT_METADATA").write_text("{}")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(checkpointer.manager, "save", interrupted_save)
+  with pytest.raises(KeyboardInterrupt):
+    checkpointer.save(3, small_state(3), {})
+  checkpointer.close()
+  assert sorted(os.listdir(tmp_path)) == before
+
+
 # --- what is kept, when saves happen ----------------------------------------------------------
 
 
