@@ -185,6 +185,8 @@ def test_a_file_that_fails_only_when_decoded_becomes_a_black_image_in_place(tmp_
   caplog.set_level(logging.WARNING, logger="alexnet_jax.data")
   whole = list(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1), 8))
   assert "bad_undecodable.JPEG although the header check passed" in caplog.text
+  warnings = [r.getMessage() for r in caplog.records if "could not decode" in r.getMessage()]
+  assert warnings and all("bad_undecodable.JPEG" in w for w in warnings), warnings
   halves = [list(itertools.islice(data.train_iterator(cfg, shard_index=p, shard_count=2), 8))
             for p in range(2)]
   resumed = list(itertools.islice(data.train_iterator(cfg, start_step=5, shard_index=0,
@@ -250,7 +252,7 @@ def test_folder_errors(tmp_path):
 
 
 def test_training_crops_decoded_from_files_equal_crops_of_the_cached_squares(tmp_path):
-  # Files take the crop-before-resize path (FileSplit.train_crops); a cached split crops its
+  # Files take the crop-before-resize path (FileSplit.train_views); a cached split crops its
   # decoded squares: same examples, crop positions, flips and lighting, pixels within rounding.
   root = str(tmp_path / "folder")
   datagen.write_image_folder(root, {"train": {"a": 5, "b": 4}, "val": {"a": 1, "b": 1}},

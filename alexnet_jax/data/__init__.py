@@ -100,9 +100,15 @@ def train_iterator(cfg, *, start_step: int = 0, shard_index: int | None = None,
   if cfg.data.name == "synthetic":  # numpy only: no TensorFlow
     return synthetic.train_iterator(cfg, start_step=start_step, shard_index=shard_index,
                                     shard_count=shard_count)
+  source = _open_source(cfg)
+  if isinstance(source, arrays.InMemorySource):  # numpy only: no TensorFlow
+    squares, labels = source.squares(cfg.data.train_split, cfg.data.resize_size)
+    return arrays.train_iterator(cfg, squares, labels, start_step=start_step,
+                                 steps_per_epoch=steps, shard_index=shard_index,
+                                 shard_count=shard_count)
   from alexnet_jax.data import pipeline
 
-  split = _open_source(cfg).split(cfg.data.train_split, pipeline.split_options(cfg))
+  split = source.split(cfg.data.train_split, pipeline.split_options(cfg))
   return pipeline.train_iterator(cfg, split, start_step=start_step, steps_per_epoch=steps,
                                  shard_index=shard_index, shard_count=shard_count)
 

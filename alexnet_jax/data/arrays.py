@@ -1,10 +1,11 @@
 """Datasets held in memory as arrays (digits, Fashion-MNIST, MNIST): squares and evaluation in numpy.
 
 These images are small, so each split's squares (the central square resized to resize_size) are
-made once, in numpy, when the split is first asked for. Training feeds them to the tf.data train
-pipeline (random crops, flips and lighting need its per-example keys); evaluation is a plain
-numpy pass over them, so that `evaluate` of a parameter file on these datasets, and the
-evaluations during training, never import TensorFlow.
+made once, in numpy, when the split is first asked for. Training and evaluation are plain numpy
+passes over them, so that training on these datasets, `evaluate` of a parameter file and the
+evaluations during training never import TensorFlow. The training batches are the tf.data
+pipeline's, bit for bit: the same order (`order`), and each example's crop, flip and lighting
+drawn by `draws` exactly as TensorFlow's stateless ops draw them (tests/test_data_draws.py).
 
 The resize is the one the tf.data pipeline applies to files (alexnet_jax.data.ops.resize_square:
 bilinear, antialiased when shrinking, as PIL does, rounded to uint8), written as two small
@@ -13,11 +14,12 @@ matrices; it equals TensorFlow's up to float rounding (tests/test_data_arrays.py
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import numpy as np
 
-from alexnet_jax.data import order
+from alexnet_jax.data import draws, order
 from alexnet_jax.data.info import VIEWS, DataError
 
 
@@ -79,6 +81,38 @@ def ten_crop(images: np.ndarray, size: int) -> np.ndarray:
   return np.stack(crops + [c[:, :, ::-1] for c in crops], axis=1)
 
 
+def crops(squares: np.ndarray, indices: np.ndarray, top: np.ndarray, left: np.ndarray,
+          size: int) -> np.ndarray:
+  """(n, size, size, C): the size x size window at (top[i], left[i]) of square indices[i]."""
+  steps = np.arange(size)
+  rows = (top[:, None] + steps)[:, :, None]
+  cols = (left[:, None] + steps)[:, None, :]
+  return squares[indices[:, None, None], rows, cols]
+
+
+def train_iterator(cfg, squares: np.ndarray, labels: np.ndarray, *, start_step: int,
+                   steps_per_epoch: int, shard_index: int,
+                   shard_count: int) -> Iterator[dict[str, np.ndarray]]:
+  """Endless training batches, the ones pipeline.train_iterator makes from the same squares:
+  the k-th is global step start_step + k, block `shard_index` of `shard_count`."""
+  local = order.local_batch_size(cfg.batch_size, shard_count)
+  if min(squares.shape[1:3]) < cfg.data.crop_size:
+    raise DataError(f"crop_size {cfg.data.crop_size} is larger than the {squares.shape[1]} px "
+                    "squares; set data.crop_size <= data.resize_size")
+  first_epoch, first_batch = divmod(start_step, steps_per_epoch)
+  for epoch in itertools.count(first_epoch):
+    indices = order.train_indices(
+        seed=cfg.seed, epoch=epoch, num_examples=len(labels), global_batch=cfg.batch_size,
+        shard_index=shard_index, shard_count=shard_count,
+        first_batch=first_batch if epoch == first_epoch else 0)
+    for batch in indices.reshape(-1, local):
+      d = draws.config_draws(cfg, epoch, batch, squares.shape[1])
+      images = crops(squares, batch, d.top, d.left, cfg.data.crop_size)
+      images[d.flip] = images[d.flip, :, ::-1]
+      yield {"image": images, "label": labels[batch], "mask": np.ones(local, bool),
+             "rgb_shift": d.rgb_shift}
+
+
 def eval_iterator(squares: np.ndarray, labels: np.ndarray, *, crop_size: int, views: str,
                   global_batch: int, shard_index: int,
                   shard_count: int) -> Iterator[dict[str, np.ndarray]]:
@@ -117,7 +151,9 @@ class InMemorySource:
     return cache[split, resize_size]
 
   def split(self, name: str, options):
-    """The split as the tf.data train pipeline reads it (its squares already made)."""
+    """The split as a tf.data pipeline reads it (its squares already made): for looking at
+    training views (alexnet_jax.data.samples) and for the tests that hold the numpy passes
+    above to the tf.data pipeline's."""
     from alexnet_jax.data import splits  # TensorFlow from here on
 
     cache = self.__dict__.setdefault("_splits", {})

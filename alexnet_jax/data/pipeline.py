@@ -15,10 +15,10 @@ from typing import Iterator
 import numpy as np
 
 from alexnet_jax import configlib
-from alexnet_jax.data import ops, order
+from alexnet_jax.data import arrays, draws, ops, order
 from alexnet_jax.data._tf import AUTOTUNE, tf
 from alexnet_jax.data.info import VIEWS, DataError
-from alexnet_jax.data.splits import FileSplit, SplitOptions
+from alexnet_jax.data.splits import ArraySplit, FileSplit, SplitOptions
 
 
 
@@ -44,28 +44,18 @@ def _crop_position(cfg, crop_key):
   return ops.random_crop_offsets(crop_key, size, size, crop)
 
 
-def crop_offsets(cfg, epoch: int):
-  """example_id -> (top, left) of its training crop in the S x S square (random or central)."""
-  return lambda example_id: _crop_position(cfg, _example_keys(cfg.seed, epoch, example_id)[0])
-
-
-def make_train_example(cfg, epoch: int, *, cropped: bool = False):
-  """The per-example train transform for `epoch` (a tf.data map function).
-
-  cropped: the split delivers the crops already (FileSplit.train_crops, at `crop_offsets`);
-  otherwise the squares are cropped here at the same positions.
-  """
+def make_train_example(cfg, epoch: int):
+  """The per-example train transform for `epoch` (a tf.data map function), for streams whose
+  example ids are known only as they come (tensorflow-datasets): the draws that
+  alexnet_jax.data.draws makes in numpy for the other sources, with TensorFlow's ops."""
   seed, crop, sigma = cfg.seed, cfg.data.crop_size, cfg.data.pca_lighting
   flip = cfg.data.flip
 
   def train_example(example_id, square, label):
     crop_key, flip_key, lighting_key = _example_keys(seed, epoch, example_id)  # once per example
-    if cropped:
-      image = square
-    else:
-      with tf.control_dependencies(ops._assert_fits(square, crop)):
-        top, left = _crop_position(cfg, crop_key)
-        image = ops._crop(square, top, left, crop)
+    with tf.control_dependencies(ops._assert_fits(square, crop)):
+      top, left = _crop_position(cfg, crop_key)
+      image = ops._crop(square, top, left, crop)
     if flip:
       image = ops.random_flip(image, flip_key)
     if sigma > 0:
@@ -79,32 +69,55 @@ def make_train_example(cfg, epoch: int, *, cropped: bool = False):
 
 
 def train_batches(cfg, split, *, epoch: int, first_batch: int, shard_index: int,
-                  shard_count: int) -> tf.data.Dataset:
+                  shard_count: int) -> Iterator[dict[str, np.ndarray]]:
   """This process's batches of `epoch`, from in-epoch batch `first_batch` to the epoch's end."""
   local = order.local_batch_size(cfg.batch_size, shard_count)
   order_args = dict(seed=cfg.seed, epoch=epoch, first_batch=first_batch,
                     global_batch=cfg.batch_size, shard_index=shard_index, shard_count=shard_count)
-  # Full-size files: each crop decoded and resized from only the pixels it needs (same view).
-  cropped = isinstance(split, FileSplit) and split.crops_pay_off()
-  if cropped:
-    ds = split.train_crops(crop=cfg.data.crop_size, offsets=crop_offsets(cfg, epoch), **order_args)
-  else:
-    ds = split.train_examples(**order_args)
-  ds = ds.map(make_train_example(cfg, epoch, cropped=cropped),
-              num_parallel_calls=split.options.parallel, deterministic=True)
-  return ds.batch(local, drop_remainder=True).prefetch(AUTOTUNE)
+  if isinstance(split, FileSplit):
+    yield from _file_batches(cfg, split, epoch, local, order.train_indices(
+        num_examples=split.num_examples, **order_args))
+    return
+  ds = split.train_examples(**order_args)
+  ds = ds.map(make_train_example(cfg, epoch), num_parallel_calls=split.options.parallel,
+              deterministic=True)
+  yield from ds.batch(local, drop_remainder=True).prefetch(AUTOTUNE).as_numpy_iterator()
+
+
+def _file_batches(cfg, split: FileSplit, epoch: int, local: int,
+                  indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+  """Training batches of image files: each example's draws in numpy (crop position and flip
+  ahead of decoding, the lighting offset here), the images decoded by tf.data."""
+  size, crop = cfg.data.resize_size, cfg.data.crop_size
+
+  def placement(example_ids):
+    d = draws.config_draws(cfg, epoch, example_ids, size)
+    return d.top, d.left, d.flip
+
+  views = split.train_views(indices, size=size, crop=crop, placement=placement)
+  views = views.batch(local).prefetch(AUTOTUNE).as_numpy_iterator()
+  labels = split.labels[indices]
+  for start, images in zip(range(0, len(indices), local),
+                           split.fill_gaps(views, indices, local, crop)):
+    rows = slice(start, start + local)
+    yield {"image": images, "label": labels[rows], "mask": np.ones(local, bool),
+           "rgb_shift": draws.config_draws(cfg, epoch, indices[rows], size).rgb_shift}
 
 
 def train_iterator(cfg, split, *, start_step: int, steps_per_epoch: int, shard_index: int,
                    shard_count: int) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches; the k-th is global step start_step + k, of epoch step // steps_per_epoch."""
+  if isinstance(split, ArraySplit):  # a cached split: numpy, as the in-memory datasets
+    yield from arrays.train_iterator(cfg, split.array, split.labels, start_step=start_step,
+                                     steps_per_epoch=steps_per_epoch, shard_index=shard_index,
+                                     shard_count=shard_count)
+    return
   first_epoch, first_batch = divmod(start_step, steps_per_epoch)
   for epoch in itertools.count(first_epoch):
     # A fresh pipeline per epoch: its order and augmentation are functions of (seed, epoch).
-    batches = train_batches(cfg, split, epoch=epoch,
-                            first_batch=first_batch if epoch == first_epoch else 0,
-                            shard_index=shard_index, shard_count=shard_count)
-    yield from batches.as_numpy_iterator()
+    yield from train_batches(cfg, split, epoch=epoch,
+                             first_batch=first_batch if epoch == first_epoch else 0,
+                             shard_index=shard_index, shard_count=shard_count)
 
 
 # --- eval -------------------------------------------------------------------------------------

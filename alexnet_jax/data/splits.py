@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Iterator
 
 import numpy as np
 
 from alexnet_jax.data import ops, order
 from alexnet_jax.data._tf import AUTOTUNE, tf
 from alexnet_jax.data.info import logger
+
+
+PLACEMENT_BLOCK = 1024  # training examples whose crops and flips are drawn together (numpy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ArraySplit(RandomAccessSplit):
     self.labels = np.asarray(labels, np.int32)
     self.options = options
     self.num_examples = len(self.labels)
+    self.array = images  # training reads it in numpy (alexnet_jax.data.arrays)
     # A variable, not a constant captured by the map function: tf.data serialises captured
     # constants each time a pipeline is built (slow for a large cache, and capped at 2 GB).
     self.images = tf.Variable(images, trainable=False)
@@ -94,29 +99,78 @@ class FileSplit(RandomAccessSplit):
     return self._decoded(indices, size, lambda image_bytes, example_id: ops.resize_square(
         ops.decode_center_square(image_bytes), size))
 
-  def crops_pay_off(self) -> bool:
-    """Whether `train_crops` is the faster way to read this split, judged from its first file:
-    yes for JPEGs that need resampling (full-size images: 30% more images per CPU-second),
-    no for data pre-resized to S (nothing to resample; its extra per-image ops cost more than
-    the smaller window saves). Both give the same views."""
-    image_bytes = tf.io.read_file(self.paths[0])
-    if not tf.io.is_jpeg(image_bytes):
-      return False
-    height, width = tf.io.extract_jpeg_shape(image_bytes).numpy()[:2]
-    return min(height, width) != self.options.resize_size
+  def train_views(self, indices: np.ndarray, *, size: int, crop: int,
+                  placement) -> tf.data.Dataset:
+    """Training views of `indices`, in order: (position int64, view uint8 (crop, crop, 3)),
+    position p being indices[p]; a file that passes the header check yet fails to decode is
+    left out (`fill_gaps` puts a black image in its place).
 
-  def train_crops(self, *, crop: int, offsets, **order_args) -> tf.data.Dataset:
-    """`train_examples` with each square replaced by its crop x crop view at
-    offsets(example_id) = (top, left), decoded and resized from only the pixels that view needs
-    (ops.decode_square_crop: "crop before you resize"; same view as cropping the square)."""
-    size = self.options.resize_size
+    placement(example_ids) -> (top, left, flip) numpy arrays, each example's crop position in
+    its S x S square (S = size) and mirroring: drawn in numpy ahead of the decoding, a block of
+    examples at a time, so each image costs only its own read, decode ("crop before you
+    resize", ops.decode_square_crop: just the crop's window is decoded and resampled) and flip.
+    """
+    count = len(indices)
+    paths = tf.constant(self.paths[indices].astype(str))
 
-    def view(image_bytes, example_id):
-      top, left = offsets(example_id)
-      return ops.decode_square_crop(image_bytes, size, crop, top, left)
+    def placements(block):
+      first = int(block) * PLACEMENT_BLOCK
+      ids = indices[first:first + PLACEMENT_BLOCK]
+      top, left, flip = placement(ids)
+      return (np.arange(first, first + len(ids), dtype=np.int64), np.asarray(top, np.int32),
+              np.asarray(left, np.int32), np.asarray(flip, bool))
 
-    return self._decoded(order.train_indices(num_examples=self.num_examples, **order_args),
-                         crop, view)
+    def placed(block):
+      out = tf.numpy_function(placements, [block], (tf.int64, tf.int32, tf.int32, tf.bool),
+                              stateful=False)
+      for tensor in out:
+        tensor.set_shape([None])
+      return tuple(out)
+
+    def view(position, top, left, flip):
+      image = ops.decode_square_crop(tf.io.read_file(paths[position]), size, crop, top, left)
+      return position, tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+    blocks = -(-count // PLACEMENT_BLOCK)
+    ds = tf.data.Dataset.range(blocks).map(placed).unbatch()
+    return ds.map(view, num_parallel_calls=self.options.parallel, deterministic=True
+                  ).ignore_errors()
+
+  def fill_gaps(self, batches, indices: np.ndarray, rows: int,
+                crop: int) -> Iterator[np.ndarray]:
+    """Batches of exactly `rows` views, positions [k * rows, (k + 1) * rows) of `indices`, from
+    `batches` of (positions, views) that `train_views` made: a view missing because its file
+    failed to decode becomes a black image in its place (logged by name), so that later
+    examples keep their positions (batches depend neither on where a run was resumed nor on
+    the process count)."""
+    held_positions = np.empty(0, np.int64)
+    held_views = np.empty((0, crop, crop, 3), np.uint8)
+    exhausted = False
+    for start in range(0, len(indices) - rows + 1, rows):
+      end = start + rows
+      while not exhausted and (not len(held_positions) or held_positions[-1] < end - 1):
+        try:
+          positions, views = next(batches)
+        except StopIteration:
+          exhausted = True
+          break
+        if not len(held_positions):
+          held_positions, held_views = positions, views
+        else:  # only after a failed decode: batches no longer line up with `rows`
+          held_positions = np.concatenate([held_positions, positions])
+          held_views = np.concatenate([held_views, views])
+      mine = held_positions < end
+      found = held_positions[mine]
+      if len(found) == rows:  # every view of the batch (all that is held, usually: no copy)
+        out = held_views if len(found) == len(held_positions) else held_views[mine]
+      else:
+        out = np.zeros((rows, crop, crop, 3), np.uint8)
+        out[found - start] = held_views[mine]
+        missing = np.setdiff1d(np.arange(start, end), found)
+        logger.warning("could not decode %s although the header check passed; using black "
+                       "images", ", ".join(self.paths[indices[missing]]))
+      held_positions, held_views = held_positions[~mine], held_views[~mine]
+      yield out
 
   def _decoded(self, indices, size: int, view):
     """(example_id, view(image_bytes, example_id) uint8 (size, size, 3), label) for `indices`."""
