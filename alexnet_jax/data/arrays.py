@@ -90,6 +90,14 @@ def crops(squares: np.ndarray, indices: np.ndarray, top: np.ndarray, left: np.nd
   return squares[indices[:, None, None], rows, cols]
 
 
+def views(squares: np.ndarray, indices: np.ndarray, d: draws.Draws, size: int) -> np.ndarray:
+  """The training views of squares[indices]: each one's crop at its drawn position, mirrored
+  where drawn."""
+  images = crops(squares, indices, d.top, d.left, size)
+  images[d.flip] = images[d.flip, :, ::-1]
+  return images
+
+
 def train_iterator(cfg, squares: np.ndarray, labels: np.ndarray, *, start_step: int,
                    steps_per_epoch: int, shard_index: int,
                    shard_count: int) -> Iterator[dict[str, np.ndarray]]:
@@ -107,10 +115,8 @@ def train_iterator(cfg, squares: np.ndarray, labels: np.ndarray, *, start_step: 
         first_batch=first_batch if epoch == first_epoch else 0)
     for batch in indices.reshape(-1, local):
       d = draws.config_draws(cfg, epoch, batch, squares.shape[1])
-      images = crops(squares, batch, d.top, d.left, cfg.data.crop_size)
-      images[d.flip] = images[d.flip, :, ::-1]
-      yield {"image": images, "label": labels[batch], "mask": np.ones(local, bool),
-             "rgb_shift": d.rgb_shift}
+      yield {"image": views(squares, batch, d, cfg.data.crop_size), "label": labels[batch],
+             "mask": np.ones(local, bool), "rgb_shift": d.rgb_shift}
 
 
 def eval_iterator(squares: np.ndarray, labels: np.ndarray, *, crop_size: int, views: str,
@@ -151,9 +157,8 @@ class InMemorySource:
     return cache[split, resize_size]
 
   def split(self, name: str, options):
-    """The split as a tf.data pipeline reads it (its squares already made): for looking at
-    training views (alexnet_jax.data.samples) and for the tests that hold the numpy passes
-    above to the tf.data pipeline's."""
+    """The split as a tf.data pipeline reads it (its squares already made): for the tests that
+    hold the numpy passes above to the tf.data pipeline's."""
     from alexnet_jax.data import splits  # TensorFlow from here on
 
     cache = self.__dict__.setdefault("_splits", {})
