@@ -23,9 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                                                   (-3, 2, 40, 40), (2**40 + 1, 90, 9, 4)])
 def test_draws_are_tensorflows_stateless_ops_bit_for_bit(seed, epoch, size, crop):
   ids = np.concatenate([np.arange(150), [2**31 + 5, 10**12]])
-  ours = draws.train_draws(ids, seed=seed, epoch=epoch, size=size, crop=crop, random_crop=True,
-                           flip=True, pca_lighting=0.1, eigval=configlib.PCA_EIGVAL,
-                           eigvec=configlib.PCA_EIGVEC)
+  ours = draws.Draws(ids, seed=seed, epoch=epoch, size=size, crop=crop, random_crop=True,
+                     flip=True, pca_lighting=0.1, eigval=configlib.PCA_EIGVAL,
+                     eigvec=configlib.PCA_EIGVEC)
   keys = draws.example_keys(seed, epoch, ids)
   normals = draws.normal3(keys[:, 2])
   for i, example_id in enumerate(ids):
@@ -41,9 +41,9 @@ def test_draws_are_tensorflows_stateless_ops_bit_for_bit(seed, epoch, size, crop
 
 
 def test_central_crops_and_no_flips_or_lighting_when_switched_off():
-  d = draws.train_draws(np.arange(20), seed=1, epoch=0, size=36, crop=31, random_crop=False,
-                        flip=False, pca_lighting=0.0, eigval=configlib.PCA_EIGVAL,
-                        eigvec=configlib.PCA_EIGVEC)
+  d = draws.Draws(np.arange(20), seed=1, epoch=0, size=36, crop=31, random_crop=False,
+                  flip=False, pca_lighting=0.0, eigval=configlib.PCA_EIGVAL,
+                  eigvec=configlib.PCA_EIGVEC)
   assert (d.top == 2).all() and (d.left == 2).all() and not d.flip.any()
   assert not d.rgb_shift.any()
 

@@ -6,7 +6,7 @@ tf.data, recomputed bit for bit without TensorFlow and for many examples at once
 
   key(example)  = stateless_fold_in([seed, epoch], example_id)   = [c(seed, epoch), example_id]
   crop, flip, lighting keys = stateless_split(key(example), 3)
-  crop position = stateless_uniform([], crop key, 0, rows * cols, int32) -> (pos // cols, pos % cols)
+  crop position = stateless_uniform([], crop key, 0, rows * cols, int32) -> divmod(pos, cols)
   flip          = stateless_uniform([], flip key) < 0.5
   lighting      = eigvec @ (stateless_normal([3], lighting key) * (sigma * eigval))
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import dataclasses
+import functools
 
 import numpy as np
 
@@ -100,15 +100,6 @@ def normal3(seeds: np.ndarray) -> np.ndarray:
   return pairs.reshape(u.shape)[..., :3]
 
 
-@dataclasses.dataclass(frozen=True)
-class Draws:
-  """The random choices of a batch of training examples."""
-  top: np.ndarray  # int32 (n,): the crop's row in the S x S square
-  left: np.ndarray  # int32 (n,)
-  flip: np.ndarray  # bool (n,): mirror left-right
-  rgb_shift: np.ndarray  # float32 (n, 3): the PCA lighting offset (in [0, 1] pixel units)
-
-
 def example_keys(seed: int, epoch: int, example_ids: np.ndarray) -> np.ndarray:
   """(n, 3, 2) int64: each example's crop, flip and lighting keys in `epoch`."""
   ids = np.asarray(example_ids, np.int64)
@@ -117,36 +108,67 @@ def example_keys(seed: int, epoch: int, example_ids: np.ndarray) -> np.ndarray:
   return full_int64(keys, 6).reshape(len(ids), 3, 2)
 
 
-def train_draws(example_ids: np.ndarray, *, seed: int, epoch: int, size: int, crop: int,
-                random_crop: bool, flip: bool, pca_lighting: float, eigval, eigvec) -> Draws:
-  """The draws of `example_ids` in `epoch` of a run with `seed`, crops of `crop` px from S x S
-  squares (S = size): what the tf.data train pipeline draws for each of them."""
-  n = len(example_ids)
-  keys = example_keys(seed, epoch, example_ids)
-  if random_crop:
-    span = size - crop + 1
-    position = words(keys[:, 0], 1)[:, 0] % np.uint32(span * span)
-    top, left = (position // span).astype(np.int32), (position % span).astype(np.int32)
-  else:  # central_crop's position (rounded down)
-    top = left = np.full(n, (size - crop) // 2, np.int32)
-  mirrored = (unit_float(words(keys[:, 1], 1)[:, 0]) < np.float32(0.5)) if flip else np.zeros(
-      n, bool)
-  if pca_lighting > 0:
+class Draws:
+  """The random choices of a batch of training examples in one epoch: what the tf.data train
+  pipeline draws for each of them. Each part is computed when first read, so a reader of the
+  crop positions alone (the file pipeline, ahead of decoding) never draws the lighting, and a
+  reader of the lighting alone never draws the crops."""
+
+  def __init__(self, example_ids: np.ndarray, *, seed: int, epoch: int, size: int, crop: int,
+               random_crop: bool, flip: bool, pca_lighting: float, eigval, eigvec):
+    """Crops of `crop` px from S x S squares (S = size)."""
+    self._ids, self._seed, self._epoch = np.asarray(example_ids), seed, epoch
+    self._size, self._crop, self._random_crop, self._flip = size, crop, random_crop, flip
+    self._sigma, self._eigval, self._eigvec = pca_lighting, eigval, eigvec
+
+  @functools.cached_property
+  def _keys(self) -> np.ndarray:
+    return example_keys(self._seed, self._epoch, self._ids)
+
+  @functools.cached_property
+  def _position(self) -> tuple[np.ndarray, np.ndarray]:
+    if not self._random_crop:  # central_crop's position (rounded down)
+      centre = np.full(len(self._ids), (self._size - self._crop) // 2, np.int32)
+      return centre, centre
+    span = self._size - self._crop + 1
+    position = words(self._keys[:, 0], 1)[:, 0] % np.uint32(span * span)
+    return (position // span).astype(np.int32), (position % span).astype(np.int32)
+
+  @property
+  def top(self) -> np.ndarray:
+    """int32 (n,): the crop's row in the S x S square."""
+    return self._position[0]
+
+  @property
+  def left(self) -> np.ndarray:
+    """int32 (n,): the crop's column."""
+    return self._position[1]
+
+  @functools.cached_property
+  def flip(self) -> np.ndarray:
+    """bool (n,): mirror left-right."""
+    if not self._flip:
+      return np.zeros(len(self._ids), bool)
+    return unit_float(words(self._keys[:, 1], 1)[:, 0]) < np.float32(0.5)
+
+  @functools.cached_property
+  def rgb_shift(self) -> np.ndarray:
+    """float32 (n, 3): the PCA lighting offset (in [0, 1] pixel units)."""
+    if self._sigma <= 0:
+      return np.zeros((len(self._ids), 3), np.float32)
     # alpha_i * lambda_i = normal_i * (sigma * lambda_i): the product in this order, as the
     # tf.data pipeline computed it (its graph optimiser folds the two constants first).
-    scale = np.float32(pca_lighting) * np.asarray(eigval, np.float32)
-    shift = lighting_shift(normal3(keys[:, 2]) * scale, np.asarray(eigvec, np.float32))
-  else:
-    shift = np.zeros((n, 3), np.float32)
-  return Draws(top, left, mirrored, shift)
+    scale = np.float32(self._sigma) * np.asarray(self._eigval, np.float32)
+    normals = normal3(self._keys[:, 2])
+    return lighting_shift(normals * scale, np.asarray(self._eigvec, np.float32))
 
 
 def config_draws(cfg, epoch: int, example_ids: np.ndarray, size: int) -> Draws:
-  """`train_draws` with the choices of `cfg.data` (crops from `size` px squares)."""
+  """`Draws` with the choices of `cfg.data` (crops from `size` px squares)."""
   data = cfg.data
-  return train_draws(example_ids, seed=cfg.seed, epoch=epoch, size=size, crop=data.crop_size,
-                     random_crop=data.random_crop, flip=data.flip, pca_lighting=data.pca_lighting,
-                     eigval=configlib.PCA_EIGVAL, eigvec=configlib.PCA_EIGVEC)
+  return Draws(example_ids, seed=cfg.seed, epoch=epoch, size=size, crop=data.crop_size,
+               random_crop=data.random_crop, flip=data.flip, pca_lighting=data.pca_lighting,
+               eigval=configlib.PCA_EIGVAL, eigvec=configlib.PCA_EIGVEC)
 
 
 def lighting_shift(scaled: np.ndarray, eigvec: np.ndarray) -> np.ndarray:
