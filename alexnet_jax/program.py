@@ -111,7 +111,8 @@ def make_train_step(cfg, fns: ModelFns, tx: optax.GradientTransformation,
   seed = cfg.seed
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = preprocess.normalize(batch["image"], batch.get("rgb_shift"), mean, std, dtype)
+    images = preprocess.normalize(batch["image"], batch.get("rgb_shift"), mean, std, dtype,
+                                  flip=batch.get("flip"))
     # Dropout randomness is a pure function of (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 

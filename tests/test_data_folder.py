@@ -267,3 +267,29 @@ def test_training_crops_decoded_from_files_equal_crops_of_the_cached_squares(tmp
       np.testing.assert_array_equal(files[key], cached[key])
     difference = np.abs(files["image"].astype(int) - cached["image"])
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-2
+
+
+def test_pre_resized_jpegs_are_cropped_without_a_branch_per_image_and_exactly(tmp_path,
+                                                                              monkeypatch):
+  # Shorter side = resize_size (as `launch.py prepare` writes them), landscape and portrait: the
+  # header check's sizes let the pipeline work each window out in numpy and only decode. The
+  # squares start 9 and 10 pixels in, so some crop edges fall on the JPEGs' 16-pixel blocks.
+  root = str(tmp_path / "prepared")
+  datagen.write_image_folder(root, {"train": {"a": 5}, "val": {"a": 1}}, width=58, height=RESIZE)
+  datagen.write_image_folder(root, {"train": {"b": 4}, "val": {"b": 1}}, width=RESIZE, height=61,
+                             seed=1)
+  cfg = make_cfg(root, pca_lighting=0.1)
+  paths, _, shapes = data._open_source(cfg).files("train")
+  assert [tuple(s) for s in shapes] == [Image.open(p).size[::-1] for p in paths]
+  cached = list(itertools.islice(data.train_iterator(make_cfg(root, cache=True, pca_lighting=0.1),
+                                                     shard_index=0, shard_count=1), 12))
+
+  def per_image_branch(*args):
+    raise AssertionError("decoded through ops.decode_square_crop")
+
+  monkeypatch.setattr(data.ops, "decode_square_crop", per_image_branch)
+  files = list(itertools.islice(data.train_iterator(cfg, shard_index=0, shard_count=1), 12))
+  for a, b in zip(files, cached, strict=True):
+    assert a.keys() == b.keys()
+    for key in a:  # crops pixel for pixel, flips, lighting, labels
+      np.testing.assert_array_equal(a[key], b[key])

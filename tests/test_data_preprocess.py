@@ -32,3 +32,16 @@ def test_normalize_without_shift_and_in_bfloat16():
   low = normalize(images, None, configlib.IMAGENET_MEAN, configlib.IMAGENET_STD, dtype=jnp.bfloat16)
   assert low.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(low, np.float32)[0, 0, 0], expected, rtol=1e-2)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 3), (2, 10, 5, 6, 3)])
+def test_normalize_mirrors_left_to_right_the_images_whose_flip_is_set(shape):
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, shape, dtype=np.uint8)
+  flip = np.arange(shape[0]) % 2 == 1
+  out = normalize(images, None, configlib.IMAGENET_MEAN, configlib.IMAGENET_STD, flip=flip)
+  mirrored = np.where(flip.reshape((-1,) + (1,) * (len(shape) - 1)), images[..., ::-1, :], images)
+  expected = normalize(mirrored, None, configlib.IMAGENET_MEAN, configlib.IMAGENET_STD)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+  assert not np.array_equal(np.asarray(out), np.asarray(
+      normalize(images, None, configlib.IMAGENET_MEAN, configlib.IMAGENET_STD)))

@@ -249,7 +249,9 @@ def test_augmentation_sheet_shows_exactly_what_training_sees(tmp_path):
       batch = next(data.train_iterator(cfg, start_step=epoch * steps + position // cfg.batch_size,
                                        shard_index=0, shard_count=1))
       j = position % cfg.batch_size
-      np.testing.assert_array_equal(views["image"][epoch, i], batch["image"][j])
+      # The batch's crop, mirrored where its flip says (the train step does that on the device).
+      seen = batch["image"][j][:, ::-1] if batch["flip"][j] else batch["image"][j]
+      np.testing.assert_array_equal(views["image"][epoch, i], seen)
       np.testing.assert_array_equal(views["rgb_shift"][epoch, i], batch["rgb_shift"][j])
       # ... and it is a 32 px window of the example's square, mirrored or not.
       square, image = views["square"][i], views["image"][epoch, i]

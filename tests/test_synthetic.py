@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data
-from alexnet_jax.data import DataError
+from alexnet_jax.data import DataError, synthetic
 from runs import config_with
 
 
@@ -43,6 +43,17 @@ def test_batches_depend_on_seed_and_step_only_and_blocks_make_the_global_batch()
   assert len(np.unique(np.concatenate([b["label"] for b in whole]))) == 10
   other = take(data.train_iterator(synthetic_cfg(seed=1)), 1)[0]
   assert not np.array_equal(other["label"], whole[0]["label"])
+
+
+def test_synthetic_batches_have_the_real_pipelines_fields():
+  """bench and compare feed synthetic_batch to the train step: with another field set (a flip
+  or lighting offset missing) they would compile another program than a real run's."""
+  real = next(data.train_iterator(config_with(), shard_index=0, shard_count=1))  # digits
+  cfg = synthetic_cfg()
+  for batch in (synthetic.synthetic_batch(cfg, 8), next(data.train_iterator(cfg))):
+    assert batch.keys() == real.keys()
+    for key, value in real.items():
+      assert batch[key].dtype == value.dtype and batch[key].shape[1:] == value.shape[1:], key
 
 
 def test_evaluation_counts_every_example_once_and_has_ten_views():

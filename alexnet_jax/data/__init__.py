@@ -11,9 +11,9 @@ Sources (cfg.data.name):
 Batches: every global batch is cut into `shard_count` equal blocks of consecutive rows, and a
 reader takes block `shard_index` (b = global batch // shard_count rows); a process loads the block
 its devices hold under the batch sharding (alexnet_jax.sharding.process_rows):
-  train  image uint8 (b, crop, crop, 3), label int32 (b,), mask bool (b,) all True,
-         rgb_shift float32 (b, 3): the PCA lighting offset, added on the device by
-         alexnet_jax.preprocess.normalize.
+  train  image uint8 (b, crop, crop, 3): the crops, unmirrored; label int32 (b,), mask bool
+         (b,) all True, flip bool (b,): mirror left to right, rgb_shift float32 (b, 3): the PCA
+         lighting offset; both applied on the device by alexnet_jax.preprocess.normalize.
   eval   image uint8 (b, crop, crop, 3), or (b, 10, crop, crop, 3) for views="10crop" (view order
          in ops.ten_crop), label, mask (False on padding).
 

@@ -6,6 +6,7 @@ passes over them, so that training on these datasets, `evaluate` of a parameter 
 evaluations during training never import TensorFlow. The training batches are the tf.data
 pipeline's, bit for bit: the same order (`order`), and each example's crop, flip and lighting
 drawn by `draws` exactly as TensorFlow's stateless ops draw them (tests/test_data_draws.py).
+As from every source, the crops come unmirrored with each one's flip; the train step mirrors.
 
 The resize is the one the tf.data pipeline applies to files (alexnet_jax.data.ops.resize_square:
 bilinear, antialiased when shrinking, as PIL does, rounded to uint8), written as two small
@@ -90,12 +91,19 @@ def crops(squares: np.ndarray, indices: np.ndarray, top: np.ndarray, left: np.nd
   return squares[indices[:, None, None], rows, cols]
 
 
+def mirrored(images: np.ndarray, flip: np.ndarray) -> np.ndarray:
+  """(n, h, w, C) images mirrored left to right where flip[i]: what the train step does on the
+  device with a batch's "flip" (alexnet_jax.preprocess.normalize), in numpy, for pictures and
+  tests of the training views."""
+  out = np.array(images)
+  out[flip] = out[flip, :, ::-1]
+  return out
+
+
 def views(squares: np.ndarray, indices: np.ndarray, d: draws.Draws, size: int) -> np.ndarray:
-  """The training views of squares[indices]: each one's crop at its drawn position, mirrored
-  where drawn."""
-  images = crops(squares, indices, d.top, d.left, size)
-  images[d.flip] = images[d.flip, :, ::-1]
-  return images
+  """The training views of squares[indices] as the network sees them: each one's crop at its
+  drawn position, mirrored where drawn."""
+  return mirrored(crops(squares, indices, d.top, d.left, size), d.flip)
 
 
 def train_iterator(cfg, squares: np.ndarray, labels: np.ndarray, *, start_step: int,
@@ -115,8 +123,9 @@ def train_iterator(cfg, squares: np.ndarray, labels: np.ndarray, *, start_step: 
         first_batch=first_batch if epoch == first_epoch else 0)
     for batch in indices.reshape(-1, local):
       d = draws.config_draws(cfg, epoch, batch, squares.shape[1])
-      yield {"image": views(squares, batch, d, cfg.data.crop_size), "label": labels[batch],
-             "mask": np.ones(local, bool), "rgb_shift": d.rgb_shift}
+      yield {"image": crops(squares, batch, d.top, d.left, cfg.data.crop_size),
+             "label": labels[batch], "mask": np.ones(local, bool), "flip": d.flip,
+             "rgb_shift": d.rgb_shift}
 
 
 def eval_iterator(squares: np.ndarray, labels: np.ndarray, *, crop_size: int, views: str,

@@ -25,7 +25,7 @@ from alexnet_jax.data.info import DataError, DatasetInfo, logger
 
 _SPLIT_ALIASES = {"validation": ("validation", "val"), "val": ("val", "validation")}
 _TINY_ANNOTATIONS = "val_annotations.txt"
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2  # 2: a JPEG's height and width too
 _NAMED_IN_LOG = 20  # files named per category in the log; the manifest lists them all
 
 
@@ -128,7 +128,7 @@ def check_files(directory: str, relpaths: list[str]) -> tuple[dict[str, imageche
     stats[rel] = [st.st_size, st.st_mtime_ns]
     entry = known.get(rel)
     if entry and entry[:2] == stats[rel]:
-      verdicts[rel] = imagecheck.Verdict(entry[2], entry[3])
+      verdicts[rel] = imagecheck.Verdict(*entry[2:])
     else:
       to_check.append(rel)
   if to_check:
@@ -174,11 +174,12 @@ class FolderSource:
       raise DataError(f"image folder {train_dir} has no class subfolders "
                       "(expected <split>/<class>/<images>)")
     self.class_names = class_names_from_words(self.root, self.wnids)
-    self._files: dict[str, tuple[list[str], np.ndarray]] = {}
+    self._files: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
     self._splits = {}  # (split, options) -> split, so a cache is built once per process
 
-  def files(self, split: str) -> tuple[list[str], np.ndarray]:
-    """Absolute paths and labels of the usable files of `split` (skipped ones left out)."""
+  def files(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Absolute paths, labels and JPEG (height, width) ((0, 0) for other formats) of the usable
+    files of `split` (skipped ones left out)."""
     if split not in self._files:
       directory = split_dir(self.root, split)
       listed = list_labelled_files(directory)
@@ -198,7 +199,8 @@ class FolderSource:
         raise DataError(f"image folder {directory}: none of its {len(listed)} files is a "
                         "readable image")
       self._files[split] = ([os.path.join(directory, rel) for rel, _ in usable],
-                            np.array([label_of[name] for _, name in usable], np.int32))
+                            np.array([label_of[name] for _, name in usable], np.int32),
+                            np.array([verdicts[rel][2:] for rel, _ in usable], np.int64))
     return self._files[split]
 
   def dataset_info(self, split_names) -> DatasetInfo:
@@ -210,7 +212,8 @@ class FolderSource:
     from alexnet_jax.data import splits  # TensorFlow from here on
 
     if (name, options) not in self._splits:
-      split = splits.FileSplit(*self.files(name), options)
+      paths, labels, shapes = self.files(name)
+      split = splits.FileSplit(paths, labels, options, shapes)
       self._splits[name, options] = (splits.materialize(split, f"{self.root} {name}")
                                      if options.cache else split)
     return self._splits[name, options]

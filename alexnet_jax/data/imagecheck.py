@@ -30,6 +30,8 @@ _PNG_COLOUR_NOTES = {0: "grayscale PNG", 3: "palette PNG", 4: "grayscale PNG wit
 class Verdict(NamedTuple):
   status: str  # OK | CONVERTED | SKIPPED
   note: str  # why, for the log ("" when OK)
+  height: int = 0  # a usable JPEG's, from its frame header (0 for other formats)
+  width: int = 0
 
 
 def check_image_file(path: str) -> Verdict:
@@ -55,14 +57,15 @@ def check_image_file(path: str) -> Verdict:
     return Verdict(SKIPPED, f"unreadable: {e.strerror or e}")
 
 
-def _jpeg_components(f: BinaryIO) -> int | None:
-  """Colour components in the frame header, or None unless the header is well formed up to the scan.
+def _jpeg_frame(f: BinaryIO) -> tuple[int, int, int] | None:
+  """(colour components, height, width) from the frame header, or None unless the header is
+  well formed up to the scan.
 
   Walks the marker segments from the start of the file to the start of the compressed data:
   most corruption that makes decoders fail lands in these segments.
   """
   f.seek(2)
-  components = None
+  frame = None
   while True:
     if f.read(1) != b"\xff":
       return None  # lost sync: not a well-formed marker sequence
@@ -75,7 +78,7 @@ def _jpeg_components(f: BinaryIO) -> int | None:
     if code in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
       continue
     if code == 0xDA:  # start of scan: the header is complete
-      return components
+      return frame
     if code == 0xD9 or code < 0xC0:  # end of image before any scan, or not a marker at all
       return None
     length_bytes = f.read(2)
@@ -85,22 +88,23 @@ def _jpeg_components(f: BinaryIO) -> int | None:
     segment = f.read(length - 2)
     if len(segment) < length - 2:
       return None
-    if code in _JPEG_SOF:
-      components = segment[5] if len(segment) >= 6 else None  # precision, height, width, count
+    if code in _JPEG_SOF:  # precision, height, width, components
+      frame = (segment[5], *struct.unpack(">HH", segment[1:5])) if len(segment) >= 6 else None
 
 
 def _check_jpeg(f: BinaryIO, tail: bytes) -> Verdict:
-  components = _jpeg_components(f)
-  if components is None:
+  frame = _jpeg_frame(f)
+  if frame is None:
     return Verdict(SKIPPED, "corrupt JPEG header")
+  components, height, width = frame
   # 0xFF in compressed data is always stuffed with 0x00, so FF D9 only appears as the marker.
   if b"\xff\xd9" not in tail:
     return Verdict(SKIPPED, "truncated JPEG: no end-of-image marker")
   if components == 1:
-    return Verdict(CONVERTED, "grayscale JPEG")
+    return Verdict(CONVERTED, "grayscale JPEG", height, width)
   if components == 4:
-    return Verdict(CONVERTED, "CMYK JPEG")
-  return Verdict(OK, "")
+    return Verdict(CONVERTED, "CMYK JPEG", height, width)
+  return Verdict(OK, "", height, width)
 
 
 def _check_png(head: bytes, tail: bytes, path: str) -> Verdict:

@@ -131,6 +131,16 @@ def _needed_span(offset, crop: int, inv_scale, side):
   return first, last + 1
 
 
+def margin_window(top, left, crop: int, side, xp):
+  """(row0, col0, row1, col1): the crop at (top, left) of a side x side square and one more pixel
+  each way where the square has one. libjpeg's chroma upsampling replicates a decoded window's
+  edge pixels, so a window cut at the crop's edge would differ there from decoding the square.
+  `xp`: tf.math or numpy (the file pipeline works the windows out in numpy, a block at a time).
+  """
+  return (xp.maximum(top - 1, 0), xp.maximum(left - 1, 0),
+          xp.minimum(top + crop + 1, side), xp.minimum(left + crop + 1, side))
+
+
 def decode_square_crop(image_bytes: tf.Tensor, size: int, crop: int, top, left) -> tf.Tensor:
   """The crop x crop window at (top, left) of `resize_square(decode_center_square(bytes), size)`,
   computed from only the source pixels that window reads: "crop before you resize".
@@ -161,14 +171,9 @@ def decode_square_crop(image_bytes: tf.Tensor, size: int, crop: int, top, left) 
           channels=3)
 
     def exact():
-      # The square is size x size already (pre-resized data): no resampling. The window is
-      # the crop and one more pixel each way (inside the square): libjpeg's chroma upsampling
-      # replicates a decoded window's edge pixels, which would differ from decoding the square
-      # where a crop edge falls on a block boundary. (Few ops: each costs microseconds here.)
-      row0, col0 = tf.maximum(top - 1, 0), tf.maximum(left - 1, 0)
-      window = decode_window(row0, tf.minimum(top + crop + 1, side),
-                             col0, tf.minimum(left + crop + 1, side))
-      return _crop(window, top - row0, left - col0, crop)
+      # The square is size x size already (pre-resized data): no resampling.
+      row0, col0, row1, col1 = margin_window(top, left, crop, side, tf.math)
+      return _crop(decode_window(row0, row1, col0, col1), top - row0, left - col0, crop)
 
     def resampled():
       inv_scale = tf.cast(side, tf.float32) / size
@@ -235,10 +240,9 @@ def random_crop(image: tf.Tensor, size: int, key) -> tf.Tensor:
     return _crop(image, top, left, size)
 
 
-def random_flip(image: tf.Tensor, key) -> tf.Tensor:
-  """Mirror left-right with probability 1/2."""
-  flip = tf.random.stateless_uniform([], key) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+def random_flip_flag(key) -> tf.Tensor:
+  """Whether to mirror left-right (probability 1/2): the train step mirrors on the device."""
+  return tf.random.stateless_uniform([], key) < 0.5
 
 
 def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:

@@ -1,10 +1,10 @@
 """The train and eval pipelines: tf.data streams of per-process numpy batches.
 
 A split yields `(example_id, square, label)`; here the squares become network inputs:
-  train: crop (random or central) -> flip -> PCA lighting offset, keyed by (seed, epoch, id);
+  train: crop (random or central), flip flag, PCA lighting offset, keyed by (seed, epoch, id);
   eval:  the central crop, or the paper's 10 views; padded at the end with mask False.
-Images stay uint8 so host-to-device traffic stays small; normalisation and the lighting offset
-are applied on the device (alexnet_jax.preprocess.normalize).
+Images stay uint8 so host-to-device traffic stays small; mirroring, normalisation and the lighting
+offset are applied on the device (alexnet_jax.preprocess.normalize).
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ def make_train_example(cfg, epoch: int):
     with tf.control_dependencies(ops._assert_fits(square, crop)):
       top, left = _crop_position(cfg, crop_key)
       image = ops._crop(square, top, left, crop)
-    if flip:
-      image = ops.random_flip(image, flip_key)
+    mirror = ops.random_flip_flag(flip_key) if flip else tf.constant(False)
     if sigma > 0:
       alphas = ops.pca_lighting_alphas(lighting_key, sigma)
       rgb_shift = ops.pca_lighting_shift(alphas, configlib.PCA_EIGVAL, configlib.PCA_EIGVEC)
     else:
       rgb_shift = tf.zeros([3], tf.float32)
-    return {"image": image, "label": label, "mask": tf.constant(True), "rgb_shift": rgb_shift}
+    return {"image": image, "label": label, "mask": tf.constant(True), "flip": mirror,
+            "rgb_shift": rgb_shift}
 
   return train_example
 
@@ -86,22 +86,21 @@ def train_batches(cfg, split, *, epoch: int, first_batch: int, shard_index: int,
 
 def _file_batches(cfg, split: FileSplit, epoch: int, local: int,
                   indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-  """Training batches of image files: each example's draws in numpy (crop position and flip
-  ahead of decoding, the lighting offset here), the images decoded by tf.data."""
+  """Training batches of image files: each example's draws in numpy (crop position ahead of
+  decoding, flip and lighting offset here), the crops decoded by tf.data."""
   size, crop = cfg.data.resize_size, cfg.data.crop_size
 
   def placement(example_ids):
     d = draws.config_draws(cfg, epoch, example_ids, size)
-    return d.top, d.left, d.flip
+    return d.top, d.left
 
-  views = split.train_views(indices, size=size, crop=crop, placement=placement)
-  views = views.batch(local).prefetch(AUTOTUNE).as_numpy_iterator()
   labels = split.labels[indices]
-  for start, images in zip(range(0, len(indices), local),
-                           split.fill_gaps(views, indices, local, crop)):
+  for start, images in zip(range(0, len(indices), local), split.train_crops(
+      indices, size=size, crop=crop, placement=placement, rows=local)):
     rows = slice(start, start + local)
+    d = draws.config_draws(cfg, epoch, indices[rows], size)
     yield {"image": images, "label": labels[rows], "mask": np.ones(local, bool),
-           "rgb_shift": draws.config_draws(cfg, epoch, indices[rows], size).rgb_shift}
+           "flip": d.flip, "rgb_shift": d.rgb_shift}
 
 
 def train_iterator(cfg, split, *, start_step: int, steps_per_epoch: int, shard_index: int,

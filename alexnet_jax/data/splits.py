@@ -19,7 +19,7 @@ from alexnet_jax.data._tf import AUTOTUNE, tf
 from alexnet_jax.data.info import logger
 
 
-PLACEMENT_BLOCK = 1024  # training examples whose crops and flips are drawn together (numpy)
+PLACEMENT_BLOCK = 1024  # training examples whose crop positions are drawn together (numpy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,61 +88,91 @@ class ArraySplit(RandomAccessSplit):
 class FileSplit(RandomAccessSplit):
   """Image files on disk (JPEG, PNG, GIF, BMP), decoded in parallel on the fly."""
 
-  def __init__(self, paths: list[str], labels: np.ndarray, options: SplitOptions):
+  def __init__(self, paths: list[str], labels: np.ndarray, options: SplitOptions,
+               shapes: np.ndarray | None = None):
     self.paths = np.asarray(paths, dtype=object)
     self.labels = np.asarray(labels, np.int32)
     self.options = options
     self.num_examples = len(self.paths)
+    # int (N, 2): each file's (height, width) if it is a JPEG whose header gives them, else
+    # (0, 0); None if not known.
+    self.shapes = None if shapes is None else np.asarray(shapes, np.int64).reshape(-1, 2)
 
   def squares(self, indices):
     size = self.options.resize_size
     return self._decoded(indices, size, lambda image_bytes, example_id: ops.resize_square(
         ops.decode_center_square(image_bytes), size))
 
-  def train_views(self, indices: np.ndarray, *, size: int, crop: int,
-                  placement) -> tf.data.Dataset:
-    """Training views of `indices`, in order: (position int64, view uint8 (crop, crop, 3)),
-    position p being indices[p]; a file that passes the header check yet fails to decode is
-    left out (`fill_gaps` puts a black image in its place).
+  def train_crops(self, indices: np.ndarray, *, size: int, crop: int, placement,
+                  rows: int) -> Iterator[np.ndarray]:
+    """Batches of exactly `rows` training crops (uint8 (rows, crop, crop, 3), unmirrored), of
+    indices[0:rows], indices[rows:2 * rows], ...: the crop of each example's S x S square
+    (S = size) at the position placement(example_ids) -> (top, left) gives.
 
-    placement(example_ids) -> (top, left, flip) numpy arrays, each example's crop position in
-    its S x S square (S = size) and mirroring: drawn in numpy ahead of the decoding, a block of
-    examples at a time, so each image costs only its own read, decode ("crop before you
-    resize", ops.decode_square_crop: just the crop's window is decoded and resampled) and flip.
+    The positions are drawn in numpy ahead of the decoding, a block of examples at a time, so
+    each image costs only its read and decode ("crop before you resize",
+    ops.decode_square_crop: just the crop's window is decoded and resampled). When every file
+    is a JPEG whose shorter side is S already (pre-resized data, `launch.py prepare`; sizes from
+    the folder's header check), the window of each file is worked out here too and the decoder
+    is the whole per-image work: no branch per image.
+
+    A file that passes the header check yet fails to decode fails its batch; the batch's files
+    are then decoded one at a time, and each that fails becomes a black image in its place
+    (logged by name), so later examples keep their positions: batches depend neither on where a
+    run was resumed nor on the process count.
     """
-    count = len(indices)
     paths = tf.constant(self.paths[indices].astype(str))
+    prepared = self.shapes is not None and bool(np.all(self.shapes.min(axis=1) == size))
 
-    def placements(block):
-      first = int(block) * PLACEMENT_BLOCK
-      ids = indices[first:first + PLACEMENT_BLOCK]
-      top, left, flip = placement(ids)
-      return (np.arange(first, first + len(ids), dtype=np.int64), np.asarray(top, np.int32),
-              np.asarray(left, np.int32), np.asarray(flip, bool))
+    def placements(first, ids):
+      top, left = (np.asarray(v, np.int32) for v in placement(ids))
+      positions = np.arange(first, first + len(ids), dtype=np.int64)
+      if not prepared:
+        return positions, top, left
+      height, width = self.shapes[indices[positions]].T
+      return (positions, *prepared_windows(height, width, top, left, size, crop))
+
+    def view(position, *where):
+      image_bytes = tf.io.read_file(paths[position])
+      if prepared:
+        window, offset = where
+        image = tf.slice(tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3),
+                         tf.concat([offset, [0]], 0), [crop, crop, 3])
+      else:
+        image = ops.decode_square_crop(image_bytes, size, crop, *where)
+      return position, image
 
     def placed(block):
-      out = tf.numpy_function(placements, [block], (tf.int64, tf.int32, tf.int32, tf.bool),
-                              stateful=False)
-      for tensor in out:
-        tensor.set_shape([None])
+      def draw(block):
+        first = int(block) * PLACEMENT_BLOCK
+        return placements(first, indices[first:first + PLACEMENT_BLOCK])
+
+      out = tf.numpy_function(draw, [block], (tf.int64, tf.int32, tf.int32), stateful=False)
+      shapes = ([None], [None, 4], [None, 2]) if prepared else ([None], [None], [None])
+      for tensor, shape in zip(out, shapes):
+        tensor.set_shape(shape)
       return tuple(out)
 
-    def view(position, top, left, flip):
-      image = ops.decode_square_crop(tf.io.read_file(paths[position]), size, crop, top, left)
-      return position, tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    def one_at_a_time(positions):
+      """(positions, crops) of those of `positions` that decode, each decoded alone."""
+      where = placements(0, indices[positions])[1:]
+      ds = tf.data.Dataset.from_tensor_slices((positions, *where)).map(view).ignore_errors()
+      found = list(ds.as_numpy_iterator())
+      return (np.array([p for p, _ in found], np.int64),
+              np.array([v for _, v in found], np.uint8).reshape(-1, crop, crop, 3))
 
-    blocks = -(-count // PLACEMENT_BLOCK)
+    blocks = -(-len(indices) // PLACEMENT_BLOCK)
     ds = tf.data.Dataset.range(blocks).map(placed).unbatch()
-    return ds.map(view, num_parallel_calls=self.options.parallel, deterministic=True
-                  ).ignore_errors()
+    ds = ds.map(view, num_parallel_calls=self.options.parallel, deterministic=True)
+    # Errors are caught per batch, not per image: ignore_errors() on every image cost about 7%
+    # of the pre-resized pipeline, and undecodable files that pass the header check are rare.
+    batches = ds.batch(rows).ignore_errors().prefetch(AUTOTUNE).as_numpy_iterator()
+    yield from self._fill_gaps(batches, indices, rows, crop, one_at_a_time)
 
-  def fill_gaps(self, batches, indices: np.ndarray, rows: int,
-                crop: int) -> Iterator[np.ndarray]:
-    """Batches of exactly `rows` views, positions [k * rows, (k + 1) * rows) of `indices`, from
-    `batches` of (positions, views) that `train_views` made: a view missing because its file
-    failed to decode becomes a black image in its place (logged by name), so that later
-    examples keep their positions (batches depend neither on where a run was resumed nor on
-    the process count)."""
+  def _fill_gaps(self, batches, indices: np.ndarray, rows: int, crop: int,
+                 one_at_a_time) -> Iterator[np.ndarray]:
+    """Batches of exactly `rows` crops, positions [k * rows, (k + 1) * rows) of `indices`, from
+    `batches` of (positions, crops) with some positions missing (a failed batch)."""
     held_positions = np.empty(0, np.int64)
     held_views = np.empty((0, crop, crop, 3), np.uint8)
     exhausted = False
@@ -156,7 +186,7 @@ class FileSplit(RandomAccessSplit):
           break
         if not len(held_positions):
           held_positions, held_views = positions, views
-        else:  # only after a failed decode: batches no longer line up with `rows`
+        else:  # only after a failed batch: batches no longer line up with `rows`
           held_positions = np.concatenate([held_positions, positions])
           held_views = np.concatenate([held_views, views])
       mine = held_positions < end
@@ -167,8 +197,12 @@ class FileSplit(RandomAccessSplit):
         out = np.zeros((rows, crop, crop, 3), np.uint8)
         out[found - start] = held_views[mine]
         missing = np.setdiff1d(np.arange(start, end), found)
-        logger.warning("could not decode %s although the header check passed; using black "
-                       "images", ", ".join(self.paths[indices[missing]]))
+        recovered, views = one_at_a_time(missing)
+        out[recovered - start] = views
+        failed = np.setdiff1d(missing, recovered)
+        if len(failed):
+          logger.warning("could not decode %s although the header check passed; using black "
+                         "images", ", ".join(self.paths[indices[failed]]))
       held_positions, held_views = held_positions[~mine], held_views[~mine]
       yield out
 
@@ -238,6 +272,18 @@ def _log_undecodable(paths) -> bool:
   names = ", ".join(p.decode() for p in paths.numpy())
   logger.warning("could not decode %s although the header check passed; using black images", names)
   return True
+
+
+def prepared_windows(height, width, top, left, size: int, crop: int):
+  """For JPEGs whose central square is size x size already: (window (n, 4) int32, offset (n, 2)
+  int32) such that decode_and_crop_jpeg(bytes, window)[offset:offset + crop] is the crop at
+  (top, left) of the square, pixel for pixel (ops.decode_square_crop's `exact` branch, in numpy).
+  """
+  row0, col0, row1, col1 = ops.margin_window(top, left, crop, size, np)
+  square_top, square_left = (height - size) // 2, (width - size) // 2
+  window = np.stack([square_top + row0, square_left + col0, row1 - row0, col1 - col0], axis=1)
+  offset = np.stack([top - row0, left - col0], axis=1)
+  return window.astype(np.int32), offset.astype(np.int32)
 
 
 def materialize(split: RandomAccessSplit, description: str) -> ArraySplit:

@@ -32,7 +32,7 @@ POOL = 64  # distinct random images per process, reused by example id
 
 
 def synthetic_batch(cfg, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """`rows` examples as the train pipeline yields them (image, label, mask, rgb_shift),
+  """`rows` examples as the train pipeline yields them (image, label, mask, flip, rgb_shift),
   a function of `seed` only."""
   rng = np.random.default_rng(seed)
   size = cfg.data.crop_size
@@ -41,6 +41,7 @@ def synthetic_batch(cfg, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
       "label": rng.integers(0, cfg.model.num_classes, (rows,), dtype=np.int32),
       "mask": np.ones((rows,), bool),
       "rgb_shift": rng.normal(0, 0.01, (rows, 3)).astype(np.float32),
+      "flip": rng.random(rows) < 0.5,
   }
 
 
@@ -100,7 +101,7 @@ def train_iterator(cfg, *, start_step: int, shard_index: int,
   for step in itertools.count(start_step):
     images, labels = _examples(cfg, step * cfg.batch_size + rows)
     yield {"image": images, "label": labels, "mask": np.ones(len(rows), bool),
-           "rgb_shift": np.zeros((len(rows), 3), np.float32)}
+           "flip": np.zeros(len(rows), bool), "rgb_shift": np.zeros((len(rows), 3), np.float32)}
 
 
 def eval_iterator(cfg, split: str, *, views: str, global_batch: int, shard_index: int,
