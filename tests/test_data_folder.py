@@ -252,7 +252,7 @@ def test_folder_errors(tmp_path):
 
 
 def test_training_crops_decoded_from_files_equal_crops_of_the_cached_squares(tmp_path):
-  # Files take the crop-before-resize path (FileSplit.train_views); a cached split crops its
+  # Files take the crop-before-resize path (FileSplit.train_crops); a cached split crops its
   # decoded squares: same examples, crop positions, flips and lighting, pixels within rounding.
   root = str(tmp_path / "folder")
   datagen.write_image_folder(root, {"train": {"a": 5, "b": 4}, "val": {"a": 1, "b": 1}},
