@@ -18,7 +18,7 @@ from alexnet_jax import configlib
 from alexnet_jax.data import arrays, draws, ops, order
 from alexnet_jax.data._tf import AUTOTUNE, tf
 from alexnet_jax.data.info import VIEWS, DataError
-from alexnet_jax.data.splits import ArraySplit, FileSplit, SplitOptions
+from alexnet_jax.data.splits import PLACEMENT_BLOCK, ArraySplit, FileSplit, SplitOptions
 
 
 
@@ -87,20 +87,51 @@ def train_batches(cfg, split, *, epoch: int, first_batch: int, shard_index: int,
 def _file_batches(cfg, split: FileSplit, epoch: int, local: int,
                   indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
   """Training batches of image files: each example's draws in numpy (crop position ahead of
-  decoding, flip and lighting offset here), the crops decoded by tf.data."""
+  decoding, flip and lighting offset with the batch), the crops decoded by tf.data."""
   size, crop = cfg.data.resize_size, cfg.data.crop_size
+  block_draws = BlockDraws(cfg, epoch, indices, size)
 
-  def placement(example_ids):
-    d = draws.config_draws(cfg, epoch, example_ids, size)
-    return d.top, d.left
+  def placement(positions):
+    return block_draws.field("top", positions), block_draws.field("left", positions)
 
   labels = split.labels[indices]
   for start, images in zip(range(0, len(indices), local), split.train_crops(
       indices, size=size, crop=crop, placement=placement, rows=local)):
-    rows = slice(start, start + local)
-    d = draws.config_draws(cfg, epoch, indices[rows], size)
-    yield {"image": images, "label": labels[rows], "mask": np.ones(local, bool),
-           "flip": d.flip, "rgb_shift": d.rgb_shift}
+    positions = np.arange(start, start + local)
+    yield {"image": images, "label": labels[start:start + local], "mask": np.ones(local, bool),
+           "flip": block_draws.field("flip", positions),
+           "rgb_shift": block_draws.field("rgb_shift", positions)}
+    block_draws.forget_before(start + local)
+
+
+class BlockDraws:
+  """The draws (alexnet_jax.data.draws) of indices[positions], made for a block of
+  PLACEMENT_BLOCK positions at a time, once: the crop positions, read by tf.data ahead of the
+  decoding, and the flips and lighting offsets, read with each batch, come from the same numbers
+  (numpy's per-call overhead is shared by a thousand examples instead of a batch)."""
+
+  def __init__(self, cfg, epoch: int, indices: np.ndarray, size: int):
+    self._args, self._indices = (cfg, epoch), indices
+    self._size = size
+    self._blocks: dict[int, draws.Draws] = {}
+
+  def _block(self, k: int) -> draws.Draws:
+    d = self._blocks.get(k)  # tf.data's thread and the consumer ask: a race computes it twice
+    if d is None:
+      ids = self._indices[k * PLACEMENT_BLOCK:(k + 1) * PLACEMENT_BLOCK]
+      d = self._blocks[k] = draws.config_draws(*self._args, ids, self._size)
+    return d
+
+  def field(self, name: str, positions: np.ndarray) -> np.ndarray:
+    """Draws.<name> of the examples at ascending `positions` of the indices."""
+    blocks = positions // PLACEMENT_BLOCK
+    return np.concatenate([
+        getattr(self._block(k), name)[positions[blocks == k] - k * PLACEMENT_BLOCK]
+        for k in np.unique(blocks)])
+
+  def forget_before(self, position: int) -> None:
+    for k in [k for k in self._blocks if (k + 1) * PLACEMENT_BLOCK <= position]:
+      self._blocks.pop(k, None)
 
 
 def train_iterator(cfg, split, *, start_step: int, steps_per_epoch: int, shard_index: int,

@@ -107,7 +107,8 @@ class FileSplit(RandomAccessSplit):
                   rows: int) -> Iterator[np.ndarray]:
     """Batches of exactly `rows` training crops (uint8 (rows, crop, crop, 3), unmirrored), of
     indices[0:rows], indices[rows:2 * rows], ...: the crop of each example's S x S square
-    (S = size) at the position placement(example_ids) -> (top, left) gives.
+    (S = size) at the position placement(positions) -> (top, left) gives for indices[positions]
+    (ascending positions).
 
     The positions are drawn in numpy ahead of the decoding, a block of examples at a time, so
     each image costs only its read and decode ("crop before you resize",
@@ -124,9 +125,8 @@ class FileSplit(RandomAccessSplit):
     paths = tf.constant(self.paths[indices].astype(str))
     prepared = self.shapes is not None and bool(np.all(self.shapes.min(axis=1) == size))
 
-    def placements(first, ids):
-      top, left = (np.asarray(v, np.int32) for v in placement(ids))
-      positions = np.arange(first, first + len(ids), dtype=np.int64)
+    def placements(positions):
+      top, left = (np.asarray(v, np.int32) for v in placement(positions))
       if not prepared:
         return positions, top, left
       height, width = self.shapes[indices[positions]].T
@@ -145,7 +145,7 @@ class FileSplit(RandomAccessSplit):
     def placed(block):
       def draw(block):
         first = int(block) * PLACEMENT_BLOCK
-        return placements(first, indices[first:first + PLACEMENT_BLOCK])
+        return placements(np.arange(first, min(first + PLACEMENT_BLOCK, len(indices))))
 
       out = tf.numpy_function(draw, [block], (tf.int64, tf.int32, tf.int32), stateful=False)
       shapes = ([None], [None, 4], [None, 2]) if prepared else ([None], [None], [None])
@@ -155,7 +155,7 @@ class FileSplit(RandomAccessSplit):
 
     def one_at_a_time(positions):
       """(positions, crops) of those of `positions` that decode, each decoded alone."""
-      where = placements(0, indices[positions])[1:]
+      where = placements(positions)[1:]
       ds = tf.data.Dataset.from_tensor_slices((positions, *where)).map(view).ignore_errors()
       found = list(ds.as_numpy_iterator())
       return (np.array([p for p, _ in found], np.int64),
