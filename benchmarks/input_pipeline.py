@@ -13,6 +13,12 @@ Per core: images divided by the CPU time the whole process used meanwhile (every
 thread and the Python consumer), which stays meaningful on a machine shared with other work;
 wall-clock images/s are printed too. `--cores 1` pins the process to one core first.
 
+Beside each figure, the decoder alone, measured in turns with it in the same process: every
+file read and just the window of it that its crop reads decoded (libjpeg through
+decode_and_crop_jpeg), nothing else; the pipeline's share of that rate says how much the rest
+(crop positions, resize, batching, the consumer) costs, which a shared machine's noise does not
+move as much as the rates themselves.
+
 `--unique` images are generated and linked `--images` times in all, so that a long run does not
 need thousands of distinct files (the OS caches them either way; decoding is the work).
 """
@@ -98,6 +104,36 @@ def measure(cfg, batches: int, warmup: int = 2) -> dict:
           "images_per_cpu_s": images / cpu, "cores_busy": cpu / wall}
 
 
+def decoder_alone(folder: str, batch: int, batches: int, resize: int = 256, crop: int = 224,
+                  warmup: int = 2) -> float:
+  """Images per CPU-second of reading each training file and decoding the window its central
+  crop reads (a crop x crop window of a pre-resized image), in a parallel map, batched."""
+  import numpy as np
+  from PIL import Image
+
+  from alexnet_jax.data._tf import AUTOTUNE, tf
+
+  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(os.path.join(folder, "train"))
+                 for f in files)
+  windows = []
+  for path in paths:
+    width, height = Image.open(path).size  # the header only
+    side = min(width, height)
+    span = min(side, -(-crop * side // resize))  # source pixels the crop covers
+    windows.append(((height - span) // 2, (width - span) // 2, span, span))
+  ds = tf.data.Dataset.from_tensor_slices((paths, np.array(windows, np.int32))).repeat()
+  ds = ds.map(lambda path, window: tf.io.decode_and_crop_jpeg(tf.io.read_file(path), window,
+                                                              channels=3),
+              num_parallel_calls=AUTOTUNE)
+  iterator = ds.batch(batch).prefetch(AUTOTUNE).as_numpy_iterator()
+  for _ in range(warmup):
+    next(iterator)
+  cpu = time.process_time()
+  for _ in range(batches):
+    next(iterator)
+  return batch * batches / (time.process_time() - cpu)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default="/tmp/alexnet_pipeline_bench")
@@ -134,12 +170,18 @@ def main() -> None:
       continue
     link_folder(root, source, args.unique, args.images)
     cfg = pipeline_config(root, args.batch)
-    runs = [measure(cfg, args.batches) for _ in range(args.repeats)]
+    runs, alone = [], []
+    for _ in range(args.repeats):  # in turns, so that both see the machine in the same state
+      runs.append(measure(cfg, args.batches))
+      alone.append(decoder_alone(root, args.batch, args.batches))
     per_cpu = statistics.median(r["images_per_cpu_s"] for r in runs)
     wall = statistics.median(r["images_per_s"] for r in runs)
     busy = statistics.median(r["cores_busy"] for r in runs)
+    share = statistics.median(r["images_per_cpu_s"] / a for r, a in zip(runs, alone))
     print(f"{name:9s}: {per_cpu:7.0f} images per CPU-second (per core); {wall:7.0f} images/s "
-          f"wall-clock on {cores} cores ({busy:.2f} cores busy)", flush=True)
+          f"wall-clock on {cores} cores ({busy:.2f} cores busy); the decoder alone "
+          f"{statistics.median(alone):7.0f} per core: the pipeline at {100 * share:.0f}% of it",
+          flush=True)
 
 
 if __name__ == "__main__":

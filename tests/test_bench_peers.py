@@ -104,6 +104,7 @@ def test_pipeline_benchmark_measures_original_and_prepared_images(tmp_path, monk
     assert figures["images"] == 8
     assert figures["images_per_s"] == pytest.approx(8 / figures["wall_s"])
     assert figures["images_per_cpu_s"] == pytest.approx(8 / figures["cpu_s"])
+    assert input_pipeline.decoder_alone(root, batch=4, batches=2, resize=36, crop=32) > 0
 
 
 def test_conv_layer_benchmark_times_owts_five_convolutions(tmp_path):
