@@ -43,10 +43,13 @@ random_batch = synthetic.synthetic_batch
 # --- the step -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,size", [("paper", 227), ("paper6", 227), ("owt", 224), ("bn", 227)])
-def test_full_size_variants_train_a_step(name, size):
-  cfg = config_with(**{"model.name": name, "model.width": 1.0, "model.num_classes": 1000,
-                       "data.crop_size": size, "data.resize_size": 256})
+def full_size(name, size):
+  return config_with(**{"model.name": name, "model.width": 1.0, "model.num_classes": 1000,
+                        "data.crop_size": size, "data.resize_size": 256})
+
+
+def test_the_papers_full_size_network_trains_a_step():
+  cfg = full_size("paper", 227)
   fns, tx, schedule, init = one_step_setup(cfg)
   state = create_state(init)
   before = np.asarray(state.params["fc6"]["kernel"][..., :4])
@@ -56,6 +59,22 @@ def test_full_size_variants_train_a_step(name, size):
   assert int(state.step) == 1
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
   assert not np.array_equal(np.asarray(state.params["fc6"]["kernel"][..., :4]), before)
+
+
+@pytest.mark.parametrize("name,size", [("paper6", 227), ("owt", 224), ("bn", 227)])
+def test_the_other_full_size_variants_trace_a_train_step(name, size):
+  """Traced, not run (the paper's network runs one above): every shape at full size, the state
+  coming out as it went in, scalar metrics."""
+  cfg = full_size(name, size)
+  fns, tx, schedule, init = one_step_setup(cfg)
+  state = jax.eval_shape(init)
+  step = program.make_train_step(cfg, fns, tx, schedule)
+  new_state, metrics = jax.eval_shape(step, state, random_batch(cfg, 2))
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
+    assert (a.shape, a.dtype) == (b.shape, b.dtype)
+  assert metrics["loss"].shape == () and metrics["grad_norm"].shape == ()
+  assert state.params["fc8"]["kernel"].shape[-1] == 1000
 
 
 def test_top_k_errors_count_the_rank_of_the_true_label():
