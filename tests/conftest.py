@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(items):
   """Under pytest-xdist (pyproject's `-n 2 --dist loadgroup`), the tests of a module that share a
   module-scoped fixture (a trained run, a multi-process group) go to one worker, so the fixture
   runs once; every other test goes to whichever worker is free. A test's own xdist_group mark
-  (tests/test_multiprocess.py splits its module in two) wins."""
+  (tests/test_multiprocess.py names its group) wins. Tests marked `long` come first."""
   for item in items:
     if item.get_closest_marker("xdist_group"):
       continue
@@ -58,6 +58,14 @@ def pytest_collection_modifyitems(items):
                                  for defs in definitions.name2fixturedefs.values())
     if shared:
       item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+  # Long tests first, longest first (`long(seconds=...)`: a rough cost on the 2-core machine):
+  # each worker takes the next test or group as it frees up, so a long one left to the end
+  # would run alone while the other worker idles.
+  def cost(item):
+    mark = item.get_closest_marker("long")
+    return -mark.kwargs.get("seconds", 60) if mark else 0
+
+  items.sort(key=cost)
 
 
 # A test that carries its own xdist_group mark: under loadgroup its id comes back with the group.

@@ -32,6 +32,7 @@ def compare_run(tmp_path_factory):
   return workdir, rows, out.stdout
 
 
+@pytest.mark.long(seconds=45)
 def test_compare_writes_table_csv_and_chart(compare_run):
   workdir, rows, stdout = compare_run
   assert list(rows) == ["data", "two_tower", "weird_trick", "fsdp"]

@@ -69,6 +69,7 @@ def summary_lines(stdout):
   return lines
 
 
+@pytest.mark.long(seconds=100)
 def test_every_figure_has_an_ok_line_and_the_summary_files(check):
   result, out = check
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]

@@ -163,7 +163,10 @@ exit $status
 """
 
 
-@pytest.mark.xdist_group("multiprocess_one_process")  # with the bench/compare test: one reference
+# The multi-process groups run one after another on one worker (one xdist group): side by side
+# they oversubscribe the two cores, and processes waiting on their peers' collectives spin.
+@pytest.mark.long(seconds=135)  # the whole group: the tests below using one_process and matrix
+@pytest.mark.xdist_group("multiprocess")
 def test_one_task_per_device_under_sbatch_trains_like_one_process_and_resumes(one_process,
                                                                              tmp_path):
   """scripts/slurm_train.sbatch under the stand-in srun: two_tower with each tower in its own
@@ -245,7 +248,7 @@ def final_params(workdir):
   return export.from_workdir(str(workdir)).params
 
 
-@pytest.mark.xdist_group("multiprocess_matrix")
+@pytest.mark.xdist_group("multiprocess")
 @pytest.mark.parametrize("layout", ["2x2", "4x1"])
 @pytest.mark.parametrize("strategy", [s.split("=")[0] for s in STRATEGIES.split(",")])
 def test_every_strategy_trains_alike_in_every_layout(matrix, layout, strategy):
@@ -259,7 +262,7 @@ def test_every_strategy_trains_alike_in_every_layout(matrix, layout, strategy):
 # --- bench, compare and evaluate under 2 processes -----------------------------------------
 
 
-@pytest.mark.xdist_group("multiprocess_one_process")
+@pytest.mark.xdist_group("multiprocess")
 def test_bench_compare_and_evaluate_report_the_global_batch(one_process, tmp_path):
   ref_dir, _ = one_process
   params = tmp_path / "ref.safetensors"
