@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import (cli, configlib, data, distributed, metrics, optim, program, sharding,
                          train)
-from alexnet_jax.data import synthetic
+from alexnet_jax.data import arrays, synthetic
 from alexnet_jax.metric_writer import read_metrics
 from runs import config_with
 
@@ -75,6 +75,21 @@ def test_the_other_full_size_variants_trace_a_train_step(name, size):
     assert (a.shape, a.dtype) == (b.shape, b.dtype)
   assert metrics["loss"].shape == () and metrics["grad_norm"].shape == ()
   assert state.params["fc8"]["kernel"].shape[-1] == 1000
+
+
+def test_the_train_step_mirrors_the_images_whose_flip_is_set():
+  """Crops leave the host unmirrored: a step on (crops, flip) equals one on the crops mirrored by
+  hand with no flip set, and differs from one with the flags cleared."""
+  cfg = config_with()
+  fns, tx, schedule, init = one_step_setup(cfg)
+  step = jax.jit(program.make_train_step(cfg, fns, tx, schedule), compiler_options=FAST)
+  state = create_state(init)
+  batch = dict(random_batch(cfg, 8), flip=np.arange(8) % 2 == 0)
+  none = np.zeros(8, bool)
+  by_hand = dict(batch, image=arrays.mirrored(batch["image"], batch["flip"]), flip=none)
+  loss = lambda b: float(step(state, b)[1]["loss"])
+  assert loss(batch) == loss(by_hand)
+  assert loss(batch) != loss(dict(batch, flip=none))
 
 
 def test_top_k_errors_count_the_rank_of_the_true_label():

@@ -130,7 +130,8 @@ class BlockDraws:
         for k in np.unique(blocks)])
 
   def forget_before(self, position: int) -> None:
-    for k in [k for k in self._blocks if (k + 1) * PLACEMENT_BLOCK <= position]:
+    # list(): one call, while tf.data's thread may be adding a block.
+    for k in [k for k in list(self._blocks) if (k + 1) * PLACEMENT_BLOCK <= position]:
       self._blocks.pop(k, None)
 
 
