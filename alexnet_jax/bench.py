@@ -126,7 +126,7 @@ def build(cfg, devices=None, compiler_options: dict | None = None) -> Setup:
   batch = feed.put(synthetic.block(synthetic.synthetic_batch(cfg, cfg.batch_size),
                                    feed.rows.index, feed.rows.count))
   start = time.perf_counter()
-  compiled = program.train_step.lower(state, batch).compile()
+  compiled = program.train_step.compile(state, batch)
   compile_seconds = time.perf_counter() - start
   return Setup(cfg, program, compiled, state, batch, compile_seconds,
                list(program.mesh.devices.flat), dict(program.mesh.shape))

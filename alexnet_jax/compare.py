@@ -102,7 +102,7 @@ def build(cfg, devices: Sequence[jax.Device] | None = None,
   feed = program.train_feed
   batch = feed.put(synthetic.block(synthetic_batch(cfg), feed.rows.index, feed.rows.count))
   start = time.perf_counter()
-  compiled = program.train_step.lower(state, batch).compile()
+  compiled = program.train_step.compile(state, batch)
   compile_s = time.perf_counter() - start
   return Built(cfg, program, compiled, state, batch, compile_s)
 

@@ -73,6 +73,43 @@ def wait_for_peers(name: str) -> None:
       f"alexnet_jax: {name} #{_barriers_passed[name]}", timeout_in_ms=peer_timeout() * 1000)
 
 
+class StartTogether:
+  """A jitted function whose processes start running it together.
+
+  A compiled program meets its peers at its first collective of each group of devices, and gloo
+  gives a process 30 s to be met there. Compiling the program comes just before, and takes each
+  process its own time: on a loaded host one process of a group can take a minute longer than
+  another, and the early one then fails ("Gloo context initialization failed") while the others
+  hang until JAX's shutdown barrier gives up. So in a run of several processes the first call
+  compiles, waits for every peer (wait_for_peers), then runs; so does `compile`, for callers that
+  run the executable themselves (bench, compare). In one process this is the jitted function.
+  Later calls must keep the first call's shapes and shardings (a new compile would not wait).
+  """
+
+  def __init__(self, jitted, name: str):
+    self.jitted = jitted
+    self.name = name
+    self._started = False
+
+  def compile(self, *args):
+    """The executable for `args`, once every process has compiled it."""
+    compiled = self.jitted.lower(*args).compile()
+    wait_for_peers(f"{self.name} compiled")
+    self._started = True
+    return compiled
+
+  def __call__(self, *args):
+    if not self._started:
+      import jax
+      if jax.process_count() > 1:
+        self.compile(*args)  # jit's own cache keeps it: the call below does not compile again
+      self._started = True
+    return self.jitted(*args)
+
+  def __getattr__(self, name):  # lower, trace, eval_shape...: the jitted function's
+    return getattr(self.jitted, name)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
   g = p.add_argument_group("several processes (hosts); under SLURM, Open MPI or Kubernetes "
                            "these are detected")

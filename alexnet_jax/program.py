@@ -167,8 +167,9 @@ class Program:
   state_shardings: TrainState
   train_feed: shard_lib.BatchFeed  # cfg.batch_size rows
   eval_feed: shard_lib.BatchFeed  # cfg.eval_batch_size rows
-  train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-  eval_step: Callable  # jitted (params, model_state, batch) -> sums
+  # Jitted, started together by every process (distributed.StartTogether):
+  train_step: distributed.StartTogether  # (state, batch) -> (state, metrics), state donated
+  eval_step: distributed.StartTogether  # (params, model_state, batch) -> sums
   compiler_options: dict | None = None
 
   @property
@@ -251,11 +252,12 @@ def build(cfg, devices: Sequence[jax.Device] | None = None, *, plan: Plan | None
   shapes = jax.eval_shape(init)
   shardings = shard_lib.tree_shardings(shapes, mesh, strategy)
   replicated = NamedSharding(mesh, P())
-  train_step = jax.jit(make_train_step(cfg, fns, tx, schedule),
-                       out_shardings=(shardings, replicated), donate_argnums=(0,),
-                       compiler_options=compiler_options)
-  eval_step = jax.jit(make_eval_step(cfg, fns), out_shardings=replicated,
-                      compiler_options=compiler_options)
+  train_step = distributed.StartTogether(jax.jit(
+      make_train_step(cfg, fns, tx, schedule), out_shardings=(shardings, replicated),
+      donate_argnums=(0,), compiler_options=compiler_options), "train step")
+  eval_step = distributed.StartTogether(jax.jit(
+      make_eval_step(cfg, fns), out_shardings=replicated, compiler_options=compiler_options),
+      "eval step")
   distributed.wait_for_peers("program built")  # the processes leave set-up together
   return Program(
       cfg=cfg, strategy=strategy, mesh=mesh, fns=fns, tx=tx, schedule=schedule, init=init,

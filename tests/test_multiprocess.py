@@ -100,8 +100,11 @@ def finish(procs, timeout: float = 600) -> list[str]:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  # Every failed process's output: the first to fail is not always the first in the list (its
+  # peers are then killed by JAX's coordination service, with nothing said about why).
+  failed = [f"process {i} exited {p.returncode}:\n{out[-2500:]}"
+            for i, (p, out) in enumerate(zip(procs, outputs)) if p.returncode != 0]
+  assert not failed, "\n".join(failed)
   return outputs
 
 
@@ -229,8 +232,53 @@ STRATEGIES = "two_tower=2x2,fsdp=1x4"
 LAYOUTS = {"1x4": (1, 4), "2x2": (2, 2), "4x1": (4, 1)}  # processes x devices each
 
 
+# --- a peer late to the first step ----------------------------------------------------------
+
+LATE_STEP_S = 40  # gloo gives a process 30 s to meet its peers at a program's first collective
+
+LATE_STEP = f"""
+import argparse, time
+from alexnet_jax import configlib, distributed
+p = argparse.ArgumentParser()
+distributed.add_arguments(p)
+args = p.parse_args()
+distributed.initialize(args)
+import jax
+from alexnet_jax import program as program_lib
+from alexnet_jax.data import synthetic
+cfg = configlib.load_config("configs/test.py")
+configlib.apply_overrides(cfg, ["data.name=synthetic", "sharding.strategy=data"])
+program = program_lib.build(cfg, compiler_options={{"xla_backend_optimization_level": 0}})
+state = program.create_state()
+feed = program.train_feed
+batch = feed.put(synthetic.block(synthetic.synthetic_batch(cfg, cfg.batch_size),
+                                 feed.rows.index, feed.rows.count))
+if jax.process_index() == 1:
+  time.sleep({LATE_STEP_S})  # as a process whose compile takes longer on a loaded host
+state, metrics = program.train_step(state, batch)
+print("first step's loss", float(metrics["loss"]))
+"""
+
+
 @pytest.fixture(scope="module")
-def matrix(tmp_path_factory):
+def late_first_step():
+  """Two processes, one 40 s late to the program's first train step (started, not waited for:
+  the matrix below runs meanwhile)."""
+  return start_group([sys.executable, "-c", LATE_STEP], 2, 1)
+
+
+@pytest.mark.xdist_group("multiprocess")
+def test_a_peer_late_to_the_first_step_is_waited_for(late_first_step, matrix):
+  """Each process compiles the step, then waits for every peer before running it: without that
+  wait the early process fails after gloo's 30 s ("Gloo context initialization failed") and
+  its peer hangs until JAX's shutdown barrier gives up, as a CI run did under load."""
+  outputs = finish(late_first_step)
+  losses = [re.search(r"first step's loss (\S+)", out) for out in outputs]
+  assert all(losses) and losses[0].group(1) == losses[1].group(1), outputs
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory, late_first_step):
   """Every layout trained and evaluated (all at once: the processes wait on each other)."""
   root = tmp_path_factory.mktemp("matrix")
   groups = {}
