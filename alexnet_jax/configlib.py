@@ -49,11 +49,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init = "default"  # default (the variant's own) | paper | pytorch | he
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
   c.model.tower_impl = "unrolled"  # unrolled (one conv per tower) | vmap (one grouped conv)
-  c.model.pool_impl = "auto"  # auto (slices on CPU, else reduce_window) | slices | reduce_window
-  c.model.conv1_impl = "direct"  # direct | space_to_depth (4x4 blocks, 48 channels, stride 1)
+  c.model.pool_impl = "auto"  # auto (slices) | slices | reduce_window
+  # auto (direct on CPU, else space_to_depth) | direct | space_to_depth (4x4 blocks, 48
+  # channels, stride 1; the same function and parameters)
+  c.model.conv1_impl = "auto"
   c.model.conv_impl = "auto"  # auto (oneDNN on one CPU device where it works, else XLA) | xla | onednn
-  # LRN's window sum of squares: auto (reduce_window on CPU, matmul elsewhere) | reduce_window |
-  # matmul | slices; the same function and gradient each way (model.py)
+  # LRN's window sum of squares: auto (reduce_window) | reduce_window | matmul | slices; the same
+  # function and gradient each way (model.py)
   c.model.lrn_impl = "auto"
   c.model.lrn_k = 2.0
   c.model.lrn_n = 5

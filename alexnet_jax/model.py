@@ -222,7 +222,8 @@ class AlexNet(nnx.Module):
   # Segments: the pure per-tower functions that the tower map maps.
 
   def _conv_function(self, spec: Conv) -> Callable:
-    fold = spec.name == "conv1" and spec.stride > 1 and self.opts.conv1_impl == "space_to_depth"
+    fold = (spec.name == "conv1" and spec.stride > 1
+            and ops.resolve_conv1_impl(self.opts.conv1_impl) == "space_to_depth")
     return ops.conv_function(self.opts.conv_impl, space_to_depth=fold)
 
   def _conv_segment(self, specs: tuple[Conv, ...], constrain: Constrain, train: bool) -> Callable:

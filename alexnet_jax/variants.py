@@ -113,7 +113,7 @@ class Options:
   dtype: str = "float32"
   tower_impl: str = "unrolled"  # model.TOWER_IMPLS: how towers are mapped when no strategy says
   pool_impl: str = "auto"  # backend.ops.POOL_IMPLS
-  conv1_impl: str = "direct"  # backend.ops.CONV1_IMPLS
+  conv1_impl: str = "auto"  # backend.ops.CONV1_IMPLS
   conv_impl: str = "auto"  # backend.ops.CONV_IMPLS
   lrn_impl: str = "auto"  # backend.ops.LRN_IMPLS
   lrn: tuple[float, int, float, float] = (2.0, 5, 1e-4, 0.75)  # k, n, alpha, beta

@@ -8,7 +8,7 @@ from flax import nnx
 
 from alexnet_jax import model as M
 from alexnet_jax.backend import ops, xla
-from alexnet_jax.backend.cpu import fastops
+from alexnet_jax.backend import sliced_pool
 from alexnet_jax.configlib import base_config
 
 
@@ -22,32 +22,32 @@ def test_sliced_max_pool_equals_reduce_window_with_ties(window, stride, size):
   # ReLU outputs rounded to quarters: many windows hold their maximum twice or more (zeros).
   x = jnp.round(jax.nn.relu(jax.random.normal(key_x, (3, size, size + 1, 5))) * 4) / 4
   reference = xla.max_pool(x, window, stride)
-  ours = fastops.max_pool(x, window, stride)
+  ours = sliced_pool.max_pool(x, window, stride)
   np.testing.assert_array_equal(ours, reference)
   # Integer cotangents: where windows overlap, sums are exact in any order, so equality below
   # checks where each gradient goes, not the order of float additions.
   g = jax.random.randint(key_g, reference.shape, -8, 9).astype(jnp.float32)
   # select_and_scatter's gradient: each window's gradient to its first maximum, row-major.
-  np.testing.assert_array_equal(grads(lambda v: fastops.max_pool(v, window, stride), x, g),
+  np.testing.assert_array_equal(grads(lambda v: sliced_pool.max_pool(v, window, stride), x, g),
                                 grads(lambda v: xla.max_pool(v, window, stride), x, g))
 
 
 def test_sliced_max_pool_gradient_goes_to_the_first_maximum():
   x = jnp.zeros((1, 3, 3, 1))  # one window, all equal
-  g = jax.grad(lambda v: fastops.max_pool(v, 3, 2).sum())(x)
+  g = jax.grad(lambda v: sliced_pool.max_pool(v, 3, 2).sum())(x)
   expected = np.zeros((1, 3, 3, 1))
   expected[0, 0, 0, 0] = 1.0
   np.testing.assert_array_equal(g, expected)
   x = x.at[0, 1, 2, 0].set(1.0).at[0, 2, 0, 0].set(1.0)  # two maxima: (1, 2) comes first
-  g = jax.grad(lambda v: fastops.max_pool(v, 3, 2).sum())(x)
+  g = jax.grad(lambda v: sliced_pool.max_pool(v, 3, 2).sum())(x)
   assert g[0, 1, 2, 0] == 1.0 and g.sum() == 1.0
 
 
 def test_sliced_max_pool_in_bfloat16():
   x = jax.random.normal(jax.random.key(1), (2, 13, 13, 4)).astype(jnp.bfloat16)
-  np.testing.assert_array_equal(fastops.max_pool(x, 3, 2), xla.max_pool(x, 3, 2))
+  np.testing.assert_array_equal(sliced_pool.max_pool(x, 3, 2), xla.max_pool(x, 3, 2))
   g = jnp.ones((2, 6, 6, 4), jnp.bfloat16)
-  np.testing.assert_array_equal(grads(lambda v: fastops.max_pool(v, 3, 2), x, g),
+  np.testing.assert_array_equal(grads(lambda v: sliced_pool.max_pool(v, 3, 2), x, g),
                                 grads(lambda v: xla.max_pool(v, 3, 2), x, g))
 
 
@@ -57,7 +57,7 @@ def test_space_to_depth_conv1_equals_the_strided_convolution(size, padding):
   x = jax.random.normal(key_x, (1, size, size, 3))
   w = jax.random.normal(key_w, (11, 11, 3, 4)) * 0.05
   direct = lambda x, w: xla.conv2d(x, w, 4, padding)
-  folded = lambda x, w: fastops.strided_conv_as_space_to_depth(x, w, 4, padding)
+  folded = lambda x, w: xla.conv2d_space_to_depth(x, w, 4, padding)
   ref = direct(x, w)
   np.testing.assert_allclose(folded(x, w), ref, atol=2e-5, rtol=1e-5)
   g = jax.random.normal(key_g, ref.shape)
@@ -93,8 +93,18 @@ def test_model_pool_and_conv1_choices_are_wired_in():
   assert build(conv1_impl="space_to_depth")._conv_function(small_conv1) is xla.conv2d
   owt = nnx.eval_shape(lambda: M.create_model(_owt_cfg(conv1_impl="space_to_depth"), 224,
                                               nnx.Rngs(0)))
-  assert owt._conv_function(owt.conv_specs[0]) is fastops.strided_conv_as_space_to_depth
+  assert owt._conv_function(owt.conv_specs[0]) is xla.conv2d_space_to_depth
   assert owt.conv1.kernel.shape == (11, 11, 3, 64)  # the parameter keeps its shape
+
+
+def test_auto_conv1_folds_on_gpus_only(monkeypatch):
+  owt = nnx.eval_shape(lambda: M.create_model(_owt_cfg(), 224, nnx.Rngs(0)))
+  assert owt.opts.conv1_impl == "auto"  # the default
+  assert jax.default_backend() == "cpu"  # the tests run on CPU
+  assert owt._conv_function(owt.conv_specs[0]) is not xla.conv2d_space_to_depth
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # measured faster there
+  assert owt._conv_function(owt.conv_specs[0]) is xla.conv2d_space_to_depth
+  assert ops.resolve_conv1_impl("direct") == "direct"
 
 
 def _owt_cfg(**fields):
@@ -105,8 +115,10 @@ def _owt_cfg(**fields):
   return cfg
 
 
-def test_auto_pooling_takes_slices_on_cpu():
-  assert ops.pool_function("auto") is fastops.max_pool  # the tests run on CPU
+def test_auto_pooling_takes_slices_on_cpus_and_gpus(monkeypatch):
+  assert ops.pool_function("auto") is sliced_pool.max_pool  # the tests run on CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # measured faster there too
+  assert ops.pool_function("auto") is sliced_pool.max_pool
   assert ops.pool_function("reduce_window") is xla.max_pool
 
 

@@ -24,8 +24,8 @@ TINY = [
     "--config.model.width=0.125", "--config.data.crop_size=67", "--config.model.num_classes=10",
     "--config.model.allow_other_input_size=true",
 ]
-# What the tiny run must print: one line per figure. On a CPU `auto` picks sliced pooling and
-# reduce_window LRN, so those are the base row and the other values are the variants.
+# What the tiny run must print: one line per figure. On a CPU `auto` picks sliced pooling,
+# reduce_window LRN and conv1 as is, so those are the base row and the other values the variants.
 EXPECTED = (
     ["env devices", "env versions", "env xla_flags", "env cpu_only_paths", "env packages"]
     + [f"bench {m} b8 bfloat16" for m in ("owt", "paper")]
@@ -91,7 +91,8 @@ def test_the_figures_say_what_they_measured(check):
   lines = {k: text for k, (_, text) in summary_lines(result.stdout).items()}
   assert "TensorFlow imported: no" in lines["env packages"]
   assert "jax " in lines["env versions"] and "torch " in lines["env versions"]
-  assert "pool_impl auto -> slices" in lines["env cpu_only_paths"]
+  assert "pool_impl -> slices, lrn_impl -> reduce_window, conv1_impl -> direct" in (
+      lines["env cpu_only_paths"])
   for model in ("owt", "paper"):
     bench = json.loads((out / "bench" / f"{model}_b8_bfloat16.json").read_text())
     assert bench["batch"] == 8 and bench["dtype"] == "bfloat16" and bench["model"] == model
@@ -104,10 +105,12 @@ def test_the_figures_say_what_they_measured(check):
                                         "torch eager channels_last"]
   assert rows[1]["ready"]["settings"] == {}  # no GPU settings on a CPU
   # `launch.py train --config.data.name=synthetic` with TensorFlow unimportable: stopped by
-  # SIGTERM, resumed from its checkpoint, bitwise the uninterrupted run (same devices, program).
+  # SIGTERM, resumed from its checkpoint, bitwise an uninterrupted run (same devices, program),
+  # both under XLA's deterministic ops (GPUs need them for that), the throughput run without.
   assert "stopped by SIGTERM after step" in lines["train resume"]
-  assert "final evaluation's loss against the uninterrupted run's: bitwise equal" in (
-      lines["train resume"])
+  assert ("final evaluation's loss against an uninterrupted run's, all with "
+          "--xla_gpu_deterministic_ops=true: bitwise equal") in lines["train resume"]
+  assert (out / "train" / "reference" / "metrics.jsonl").exists()
   evals = [json.loads(r) for r in (out / "train" / "stopped" / "metrics.jsonl").open()]
   evals = [r for r in evals if r["split"] == "eval"]
   assert [r["count"] for r in evals] == [16]  # every synthetic held-out example (2 x batch 8)

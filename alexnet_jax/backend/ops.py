@@ -7,12 +7,15 @@ backend does what it does", says why):
   conv_impl   auto | xla | onednn      oneDNN's convolutions through XLA:CPU's custom call on a
                                        single CPU device where that works, XLA's elsewhere
   pool_impl   auto | slices | reduce_window
-                                       max pooling over strided slices on CPUs, XLA's
-                                       reduce_window (select_and_scatter gradient) elsewhere
+                                       max pooling over strided slices everywhere (faster than
+                                       XLA's reduce_window and its select_and_scatter gradient
+                                       on CPUs and GPUs, measured)
   lrn_impl    auto | reduce_window | matmul | slices
-                                       LRN's window sum: reduce_window on CPUs, a matrix
-                                       product (a GEMM) elsewhere
-  conv1_impl  direct | space_to_depth  conv1 as is, or as a stride-1 convolution of pixel blocks
+                                       LRN's window sum: reduce_window everywhere (faster than
+                                       the matrix product on GPUs too, measured)
+  conv1_impl  auto | direct | space_to_depth
+                                       conv1 as a stride-1 convolution of pixel blocks on GPUs,
+                                       as is on CPUs
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ from typing import Callable
 
 import jax
 
-from alexnet_jax.backend import xla
-from alexnet_jax.backend.cpu import fastops, onednn
+from alexnet_jax.backend import sliced_pool, xla
+from alexnet_jax.backend.cpu import onednn
 
 CONV_IMPLS = ("auto", "xla", "onednn")
 POOL_IMPLS = ("auto", "slices", "reduce_window")
 LRN_IMPLS = ("auto", "reduce_window", "matmul", "slices")
-CONV1_IMPLS = ("direct", "space_to_depth")
+CONV1_IMPLS = ("auto", "direct", "space_to_depth")
 
 _CONVS = {"xla": xla.conv2d, "onednn": onednn.conv2d_if_float32}
-_POOLS = {"slices": fastops.max_pool, "reduce_window": xla.max_pool}
+_POOLS = {"slices": sliced_pool.max_pool, "reduce_window": xla.max_pool}
 _WINDOW_SUMS = {"reduce_window": xla.window_sum_reduce_window, "matmul": xla.window_sum_matmul,
                 "slices": xla.window_sum_slices}
 
@@ -48,14 +51,16 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 def resolve_pool_impl(impl: str) -> str:
-  if impl == "auto":
-    return "slices" if _on_cpu() else "reduce_window"
-  return impl
+  return "slices" if impl == "auto" else impl
 
 
 def resolve_lrn_impl(impl: str) -> str:
+  return "reduce_window" if impl == "auto" else impl
+
+
+def resolve_conv1_impl(impl: str) -> str:
   if impl == "auto":
-    return "reduce_window" if _on_cpu() else "matmul"
+    return "direct" if _on_cpu() else "space_to_depth"
   return impl
 
 
@@ -63,7 +68,7 @@ def conv_function(impl: str, *, space_to_depth: bool = False) -> Callable:
   """`conv(x_NHWC, kernel_HWIO, stride, padding) -> y_NHWC` for config.model.conv_impl=`impl`;
   space_to_depth: a strided convolution folded to stride 1 (config.model.conv1_impl)."""
   if space_to_depth:
-    return fastops.strided_conv_as_space_to_depth
+    return xla.conv2d_space_to_depth
   return _CONVS[resolve_conv_impl(impl)]
 
 
@@ -85,7 +90,7 @@ def checks(*, pool_impl: str, conv1_impl: str, conv_impl: str,
       (pool_impl in POOL_IMPLS,
        f"config.model.pool_impl={pool_impl!r}: choose {', '.join(POOL_IMPLS)}"),
       (conv1_impl in CONV1_IMPLS,
-       f"config.model.conv1_impl={conv1_impl!r}: choose {' or '.join(CONV1_IMPLS)}"),
+       f"config.model.conv1_impl={conv1_impl!r}: choose {', '.join(CONV1_IMPLS)}"),
       (conv_impl in CONV_IMPLS,
        f"config.model.conv_impl={conv_impl!r}: choose {', '.join(CONV_IMPLS)}"),
       (conv_impl != "onednn" or onednn.available(),

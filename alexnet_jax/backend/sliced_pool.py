@@ -1,20 +1,13 @@
-"""Layers written for XLA:CPU's speed, each the same function (and gradient) as its plain form in
-backend/xla.py.
+"""Max pooling over strided slices: the same function and gradient as backend/xla.py's max_pool,
+faster on CPUs and GPUs (config.model.pool_impl; docs/performance.md has the measurements).
 
-Max pooling. `jax.lax.reduce_window(max)` differentiates to `select_and_scatter`, which XLA:CPU
-lowers to a variadic reduce-window that tracks argmax indices in int32 tensors the size of the
-activations, plus iotas and broadcasts to build them: a sizeable part of a CPU training step
-(docs/performance.md). Here the 2-D pool is two 1-D pools (columns, then rows) over strided
+`jax.lax.reduce_window(max)` differentiates to `select_and_scatter`, which XLA:CPU lowers to a
+variadic reduce-window that tracks argmax indices in int32 tensors the size of the activations,
+plus iotas and broadcasts to build them, and which XLA:GPU runs as a kernel of its own. Here the 2-D pool is two 1-D pools (columns, then rows) over strided
 slices, with a hand-written backward that routes each output's gradient to the first maximum of
 its window in row-major order, exactly what select_and_scatter does (the first row holding the
 window's maximum, then the first column within that row; tests check equality with ties).
 Everything is slices, compares, selects and pads, which XLA fuses.
-
-conv1 as space-to-depth. torchvision/paper conv1 reads 3 channels with an 11x11 kernel at
-stride 4: a poor shape for convolution kernels (3 input channels) and worse for its weight
-gradient. Folding each 4x4 block of pixels into 48 channels turns it into a 3x3 stride-1
-convolution over 48 channels with the kernel zero-padded to 12x12, the same sums plus exact
-zeros. The parameter keeps its (11, 11, 3, out) shape; the fold happens inside the step.
 """
 from __future__ import annotations
 
@@ -96,38 +89,3 @@ max_pool_1d.defvjp(_max_pool_1d_fwd, _max_pool_1d_bwd)
 def max_pool(x: Array, window: int, stride: int) -> Array:
   """NHWC max pooling, `window` x `window` at `stride`, VALID; select_and_scatter's gradient."""
   return max_pool_1d(max_pool_1d(x, 2, window, stride), 1, window, stride)
-
-
-# --- conv1 as space-to-depth ------------------------------------------------------------------
-
-
-def space_to_depth(x: Array, block: int) -> Array:
-  """(N, H, W, C) -> (N, H/block, W/block, block*block*C), channel order (row, col, c)."""
-  n, h, w, c = x.shape
-  x = x.reshape(n, h // block, block, w // block, block, c)
-  return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // block, w // block, block * block * c)
-
-
-def strided_conv_as_space_to_depth(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-  """The NHWC convolution `x * kernel` (stride `stride`, symmetric zero `padding`) computed as a
-  stride-1 convolution of space-to-depth(x) with the kernel zero-padded to a multiple of the
-  stride. Same result as jax.lax.conv_general_dilated up to float summation order.
-  """
-  n, h, w, c = x.shape
-  k = kernel.shape[0]
-  out_h = (h + 2 * padding - k) // stride + 1
-  out_w = (w + 2 * padding - k) // stride + 1
-  blocks_k = -(-k // stride)  # kernel size in blocks
-  # Input rows needed: (out - 1) * stride + blocks_k * stride, from -padding on.
-  need_h = (out_h - 1 + blocks_k) * stride
-  need_w = (out_w - 1 + blocks_k) * stride
-  x = jnp.pad(x, ((0, 0), (padding, max(0, need_h - h - padding)),
-                  (padding, max(0, need_w - w - padding)), (0, 0)))[:, :need_h, :need_w]
-  x = space_to_depth(x, stride)
-  kk = blocks_k * stride
-  kernel = jnp.pad(kernel, ((0, kk - k), (0, kk - k), (0, 0), (0, 0)))
-  cout = kernel.shape[-1]
-  kernel = kernel.reshape(blocks_k, stride, blocks_k, stride, c, cout)
-  kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(blocks_k, blocks_k, stride * stride * c, cout)
-  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))

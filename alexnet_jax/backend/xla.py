@@ -1,5 +1,6 @@
-"""The layers' plain forms in XLA's own operations, for any backend: the reference each faster
-form must equal (tests compare them), and what runs wherever no faster form is chosen."""
+"""The layers in XLA's own operations, for any backend: their plain forms, the reference each
+faster form must equal (tests compare them), and the other forms written with nothing but XLA's
+operations (LRN's window sum three ways, conv1 as space-to-depth)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,43 @@ def window_sum_matmul(sq: Array, n: int) -> Array:
   band = _band(sq.shape[-1], n)
   return jnp.matmul(jnp.concatenate(parts, axis=-1), jnp.concatenate([band] * 3, axis=0),
                     preferred_element_type=jnp.float32)
+
+
+# --- conv1 as space-to-depth ------------------------------------------------------------------
+# conv1 reads 3 channels with an 11x11 kernel at stride 4: a poor shape for convolution kernels
+# (3 input channels) and worse for its weight gradient. Folding each 4x4 block of pixels into 48
+# channels turns it into a 3x3 stride-1 convolution over 48 channels with the kernel zero-padded
+# to 12x12: the same sums plus exact zeros. The parameter keeps its (11, 11, 3, out) shape; the
+# fold happens inside the step (config.model.conv1_impl).
+
+
+def space_to_depth(x: Array, block: int) -> Array:
+  """(N, H, W, C) -> (N, H/block, W/block, block*block*C), channel order (row, col, c)."""
+  n, h, w, c = x.shape
+  x = x.reshape(n, h // block, block, w // block, block, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // block, w // block, block * block * c)
+
+
+def conv2d_space_to_depth(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  """The NHWC convolution `x * kernel` (stride `stride`, symmetric zero `padding`) computed as a
+  stride-1 convolution of space-to-depth(x) with the kernel zero-padded to a multiple of the
+  stride. Same result as jax.lax.conv_general_dilated up to float summation order.
+  """
+  n, h, w, c = x.shape
+  k = kernel.shape[0]
+  out_h = (h + 2 * padding - k) // stride + 1
+  out_w = (w + 2 * padding - k) // stride + 1
+  blocks_k = -(-k // stride)  # kernel size in blocks
+  # Input rows needed: (out - 1) * stride + blocks_k * stride, from -padding on.
+  need_h = (out_h - 1 + blocks_k) * stride
+  need_w = (out_w - 1 + blocks_k) * stride
+  x = jnp.pad(x, ((0, 0), (padding, max(0, need_h - h - padding)),
+                  (padding, max(0, need_w - w - padding)), (0, 0)))[:, :need_h, :need_w]
+  x = space_to_depth(x, stride)
+  kk = blocks_k * stride
+  kernel = jnp.pad(kernel, ((0, kk - k), (0, kk - k), (0, 0), (0, 0)))
+  cout = kernel.shape[-1]
+  kernel = kernel.reshape(blocks_k, stride, blocks_k, stride, c, cout)
+  kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(blocks_k, blocks_k, stride * stride * c, cout)
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
