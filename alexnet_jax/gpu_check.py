@@ -7,20 +7,21 @@ under one overall budget, and prints one summary line per figure as it comes, wr
 OUT/summary.md and OUT/summary.json (OUT/logs/ holds every subprocess's output):
 
   env       devices, versions, XLA flags in force, the CPU-only paths (oneDNN convolutions, the
-            host-memory mallopt, sliced pooling) and whether each is off, what `auto` picks for
-            LRN, which optional packages are missing, and that no TensorFlow was imported
+            host-memory mallopt) and whether each is off, what `auto` picks for pooling, LRN and
+            conv1, which optional packages are missing, and that no TensorFlow was imported
   bench     `launch.py bench --json` for each model x batch x dtype: images/s, step time p50 and
             p90, MFU, compile time
   torch     the PyTorch peer (benchmarks/compare_torch.py, torchvision's AlexNet with its best
             settings) against ours on each `owt` row, in turns, in the same run; the ratio
-  train     synthetic-data training: an uninterrupted run, a run stopped by SIGTERM and run
-            again (it resumes from its checkpoint); the resumed run's losses, gradient and
-            parameter norms against the uninterrupted run's; images/s with the host feeding
+  train     synthetic-data training: images/s with the host feeding; then, under XLA's
+            deterministic ops, an uninterrupted run and a run stopped by SIGTERM and run again
+            (it resumes from its checkpoint): the resumed run's losses, gradient and parameter
+            norms must be bitwise the uninterrupted run's
   profile   a training run with config.profile_steps: the trace files it wrote
   compare   `launch.py compare` over the four sharding strategies on the devices present
-  variants  bench figures of the implementation choices the CPU could not settle, on `paper`:
-            pooling (pool_impl), towers (tower_impl), conv1 as space-to-depth (conv1_impl) and
-            LRN (lrn_impl), each against the bench row it varies
+  variants  bench figures of the implementation choices on `paper`: pooling (pool_impl), towers
+            (tower_impl), conv1 (conv1_impl) and LRN (lrn_impl), every value but the default's,
+            each against the bench row of the defaults
 
 Sizes are arguments (and `--config.FIELD=VALUE` changes every config), so the test suite runs
 the whole check on a CPU at tiny sizes (tests/test_gpu_check.py). Imports no TensorFlow and
