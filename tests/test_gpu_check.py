@@ -111,6 +111,11 @@ def test_the_figures_say_what_they_measured(check):
   assert ("final evaluation's loss against an uninterrupted run's, all with "
           "--xla_gpu_deterministic_ops=true: bitwise equal") in lines["train resume"]
   assert (out / "train" / "reference" / "metrics.jsonl").exists()
+  # The throughput run logs every 12 // 6 = 2 steps, as training does (not every step: that
+  # would wait for each step), and its rate leaves out the first interval (the compile).
+  assert "median of the rates over steps 3-12, logged every 2" in lines["train throughput"]
+  logged = [json.loads(r) for r in (out / "train" / "uninterrupted" / "metrics.jsonl").open()]
+  assert [r["step"] for r in logged if r["split"] == "train"] == [2, 4, 6, 8, 10, 12]
   evals = [json.loads(r) for r in (out / "train" / "stopped" / "metrics.jsonl").open()]
   evals = [r for r in evals if r["split"] == "eval"]
   assert [r["count"] for r in evals] == [16]  # every synthetic held-out example (2 x batch 8)
