@@ -207,12 +207,17 @@ def setup_logging() -> None:
 class _CheckpointNoise(logging.Filter):
   """Orbax's background threads log a full disk with a whole traceback each (hundreds of lines),
   Orbax a Ctrl-C that came while it waited for a save, and asyncio the reads of a damaged
-  checkpoint abandoned when its first read failed; the command reports each once, in one line."""
+  checkpoint abandoned when its first read failed; the command reports each once, in one line.
+  A save a second Ctrl-C cut short can also leave Orbax's thread starting work while Python shuts
+  down, which it logs with a traceback; the run has stopped and said so already."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     text = record.getMessage()
     if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
       return False  # a second Ctrl-C while Orbax waited for a save: reported by cmd_train
+    if (record.exc_info and isinstance(record.exc_info[1], RuntimeError)
+        and str(record.exc_info[1]) == "cannot schedule new futures after shutdown"):
+      return False  # only ever at exit (the interpreter's executors are shut down)
     if record.exc_info and record.exc_info[1] is not None:
       text += str(record.exc_info[1])
     if "No space left on device" in text or "Disk quota exceeded" in text:

@@ -310,6 +310,11 @@ def test_orbax_log_noise_is_filtered_and_other_records_kept():
   assert not noise.filter(record("thread failed", ValueError(
       "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']")))
   assert not noise.filter(record("Save Finalize thread failed", KeyboardInterrupt()))
+  # Orbax's thread still starting a save a second Ctrl-C cut short, as Python shuts down.
+  assert not noise.filter(record("_SignalingThread.run() raised an exception: cannot schedule "
+                                 "new futures after shutdown",
+                                 RuntimeError("cannot schedule new futures after shutdown")))
+  assert noise.filter(record("thread failed", RuntimeError("another runtime error")))
   assert not noise.filter(record("Future exception was never retrieved\nfuture: <Future "
                                  "exception=ValueError('FAILED_PRECONDITION: Error reading in "
                                  "OCDBT database')>", name="asyncio"))
