@@ -10,9 +10,9 @@ are left-right symmetric, unlike digits); no PCA lighting (it would tint grey im
 Evaluated on the 10,000 test images ("validation" names them too).
 
 Reaches 92.52% top-1 accuracy on the 10,000 test images (7.48% error, top-5 error 0.07%) in
-844 s for the whole command (14 min 4 s, one run; 15 epochs, 7,020 steps, 830 to 1,250
-images/s; the shared 2-core AMD EPYC machine, 2026-12-04, seed 0; every run of the command has
-given the same 92.52%, bit for bit):
+940 s for the whole command (15 min 40 s, one run; 15 epochs, 7,020 steps, 570 to 1,190
+images/s; the shared 2-core AMD EPYC machine, 2026-12-04 afternoon, seed 0; every run of the
+command has given the same 92.52%, bit for bit):
 
   python launch.py train --config configs/fashion_mnist.py --workdir runs/fashion_mnist
 
