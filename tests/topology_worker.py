@@ -30,8 +30,6 @@ def main() -> int:
   args = parser.parse_args()
   distributed.initialize(args)
 
-  import jax
-
   from alexnet_jax import train
 
   for item in args.strategies.split(","):
@@ -42,12 +40,9 @@ def main() -> int:
         f"data.synthetic_train_size={STEPS * cfg.batch_size}",
         f"data.synthetic_eval_size={EVAL_EXAMPLES}", "num_epochs=1",
         "log_every_steps=1", "checkpoint_every_steps=0", "eval_every_epochs=1"])
-    workdir = os.path.join(args.outdir, name)
-    if jax.process_index() == 0:  # as `launch.py train` does: the run's record, for export
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(configlib.to_json(cfg))
-    train.train_and_evaluate(cfg, workdir)
+    # train_and_evaluate writes the run's record (config.json, for export) as `launch.py train`
+    # does: from process 0, atomically, while every process reads it to check the run.
+    train.train_and_evaluate(cfg, os.path.join(args.outdir, name))
   return 0
 
 
