@@ -395,7 +395,9 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(trained, tmp_path):
   with open(log_path, "w") as log:
     # Ctrl-C as at a terminal: a test run started in the background (`pytest &` in a script)
     # hands its children SIGINT ignored, which `train` rightly leaves alone.
-    p = subprocess.Popen(command, cwd=REPO, env=runs.env(), stdout=log, stderr=subprocess.STDOUT,
+    # PYTHONFAULTHANDLER: a run that hangs instead of stopping shows where, every thread of it.
+    p = subprocess.Popen(command, cwd=REPO, env=dict(runs.env(), PYTHONFAULTHANDLER="1"),
+                         stdout=log, stderr=subprocess.STDOUT,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   runs.wait_for(lambda: runs.last_train_step(run) >= 6, p, timeout=180)
   p.send_signal(signal.SIGINT)
@@ -403,7 +405,13 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(trained, tmp_path):
   # arrive as one (Python runs a signal's handler once for all that are pending).
   runs.wait_for(lambda: "received SIGINT" in open(log_path).read(), p, timeout=60)
   p.send_signal(signal.SIGINT)
-  p.wait(timeout=180)
+  try:
+    p.wait(timeout=180)
+  except subprocess.TimeoutExpired:
+    p.send_signal(signal.SIGABRT)  # the fault handler prints every thread's stack, then it ends
+    p.wait(timeout=60)
+    pytest.fail("still running 180 s after the second Ctrl-C; its threads:\n"
+                + open(log_path).read()[-6000:])
   output = open(log_path).read()
   assert p.returncode == 130, output[-2000:]
   assert "Traceback" not in output, output[-4000:]
