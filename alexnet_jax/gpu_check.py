@@ -471,7 +471,8 @@ class Check:
     worst = max(diffs) if diffs else float("inf")
     top1 = [r.get((steps, "eval"), {}).get("top1_err") for r in (got, want)]
     ok = resumed_at is not None and resumed_at == stopped_at and not missing and worst == 0
-    how = "bitwise equal" if worst == 0 else f"NOT bitwise equal: max relative difference {worst:.2g}"
+    how = ("bitwise equal" if worst == 0
+           else f"NOT bitwise equal: max relative difference {worst:.2g}")
     self.report(key, "ok" if ok else "FAIL",
                 f"stopped by SIGTERM after step {stopped_at} (exit 143), run again: resumed from "
                 f"step {resumed_at}; the loss, gradient and parameter norms of steps 1-{steps} "

@@ -2,12 +2,13 @@
 faster on CPUs and GPUs (config.model.pool_impl; docs/performance.md has the measurements).
 
 `jax.lax.reduce_window(max)` differentiates to `select_and_scatter`, which XLA:CPU lowers to a
-variadic reduce-window that tracks argmax indices in int32 tensors the size of the activations,
-plus iotas and broadcasts to build them, and which XLA:GPU runs as a kernel of its own. Here the 2-D pool is two 1-D pools (columns, then rows) over strided
-slices, with a hand-written backward that routes each output's gradient to the first maximum of
-its window in row-major order, exactly what select_and_scatter does (the first row holding the
-window's maximum, then the first column within that row; tests check equality with ties).
-Everything is slices, compares, selects and pads, which XLA fuses.
+variadic reduce-window that tracks argmax indices in int32 tensors the size of the activations, plus
+iotas and broadcasts to build them, and which XLA:GPU runs as a kernel of its own. Here the 2-D pool
+is two 1-D pools (columns, then rows) over strided slices, with a hand-written backward that routes
+each output's gradient to the first maximum of its window in row-major order, exactly what
+select_and_scatter does (the first row holding the window's maximum, then the first column within
+that row; tests check equality with ties). Everything is slices, compares, selects and pads, which
+XLA fuses.
 """
 from __future__ import annotations
 
