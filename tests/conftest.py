@@ -1,4 +1,4 @@
-"""Test setup: 8 virtual CPU devices (for meshes), XLA's backend optimisation off, quiet
+"""Test setup: 8 virtual CPU devices (for meshes), faster-compiling XLA flags, quiet
 TensorFlow, the repo on sys.path, one compilation cache and one folder of shared trained runs for
 the whole run."""
 
@@ -8,12 +8,17 @@ import shutil
 import sys
 import tempfile
 
-# Must happen before jax is imported anywhere. XLA's backend (LLVM) optimisation off: programs,
-# the random initialisers' above all, compile several times faster and compute the same to float
-# rounding; each test compares programs built alike. Tests that run what a user runs (the
-# default config's accuracy) start `launch.py` without these flags.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                                   "--xla_backend_optimization_level=0")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from runs import FAST_COMPILE_FLAGS  # noqa: E402  (tests/runs.py; imports no JAX)
+
+# Must happen before jax is imported anywhere: programs (the random initialisers' above all)
+# compile several times faster with these flags and compute the same to float rounding; each
+# test compares programs built alike. Tests that run what a user runs (the default config's
+# accuracy) start `launch.py` without them.
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache shared by the whole test run: this process and every
@@ -30,10 +35,6 @@ if "ALEXNET_JAX_TEST_RUNS" not in os.environ:
   _session_runs = tempfile.mkdtemp(prefix="alexnet_jax_test_runs_")
   atexit.register(shutil.rmtree, _session_runs, ignore_errors=True)
   os.environ["ALEXNET_JAX_TEST_RUNS"] = _session_runs
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
 
 from alexnet_jax import compile_cache  # noqa: E402
 

@@ -19,6 +19,11 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# XLA flags of the test processes: compiles several times faster, the same results to float
+# rounding (each test compares programs built alike). XLA's backend (LLVM) optimisation off, and
+# XLA:CPU's MLIR fusion emitters off (its older LLVM IR emitters compile these programs in about
+# half the time; docs/performance.md).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def config_with(**overrides):
@@ -51,7 +56,7 @@ def env() -> dict[str, str]:
   out.update({
       "PYTHONPATH": REPO,
       "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}",
       "TF_CPP_MIN_LOG_LEVEL": "2",
   })  # ALEXNET_JAX_COMPILE_CACHE: the test run's one cache (conftest.py), inherited
   return out

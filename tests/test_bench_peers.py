@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import compare_torch  # noqa: E402
+from runs import FAST_COMPILE_FLAGS  # noqa: E402  (tests/runs.py)
 import input_pipeline  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def test_comparison_builds_the_configs_network_on_both_sides_and_survives_a_fail
        "--override", "model.width=0.125", "--override", "data.crop_size=67",
        "--override", "model.num_classes=10"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0"))
+      env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS))
   assert result.returncode == 0, result.stderr[-3000:]
   figures = json.loads(out.read_text())
   # A peer whose interpreter cannot start is left out; the others are still compared.

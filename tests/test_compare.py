@@ -10,6 +10,7 @@ import pytest
 
 from alexnet_jax import cli
 from alexnet_jax import hlo
+from runs import FAST_COMPILE_FLAGS  # tests/runs.py: faster compiles, the same program
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_MODEL_PARAMS = 93_674  # configs/test.py: the `small` model at width 0.5, 10 classes
@@ -19,8 +20,7 @@ TEST_MODEL_PARAMS = 93_674  # configs/test.py: the `small` model at width 0.5, 1
 def compare_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("compare")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-                       "--xla_backend_optimization_level=0")  # faster compiles, same program
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAGS}")
   out = subprocess.run(
       [sys.executable, "launch.py", "compare", "--config", "configs/test.py",
        "--strategies", "data,two_tower,weird_trick,fsdp", "--steps", "3", "--warmup", "1",
@@ -32,7 +32,7 @@ def compare_run(tmp_path_factory):
   return workdir, rows, out.stdout
 
 
-@pytest.mark.long(seconds=45)
+@pytest.mark.long(seconds=20)
 def test_compare_writes_table_csv_and_chart(compare_run):
   workdir, rows, stdout = compare_run
   assert list(rows) == ["data", "two_tower", "weird_trick", "fsdp"]

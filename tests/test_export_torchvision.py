@@ -90,7 +90,7 @@ def test_torchvision_weights_give_torchvisions_logits(torch_model, torch_files, 
   assert np.array_equal(got.argmax(-1), want.argmax(-1))
 
 
-@pytest.mark.long(seconds=40)
+@pytest.mark.long(seconds=12)
 def test_torchvision_to_this_layout_and_back_is_exact_and_loads_in_pytorch(torch_model, torch_files,
                                                                           tmp_path):
   """.pth -> this project's layout (params/conv1/kernel, ...) -> torchvision's layout: the

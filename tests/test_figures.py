@@ -63,7 +63,7 @@ def restore_params_with_orbax(workdir):
 # --- training curves ----------------------------------------------------------------------
 
 
-@pytest.mark.long(seconds=40)
+@pytest.mark.long(seconds=30)
 def test_curves_are_drawn_at_every_evaluation_from_metrics(trained):
   workdir = trained["workdir"]
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from runs import import_blocker
+from runs import FAST_COMPILE_FLAGS, import_blocker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABSENT_ON_GPU_HOSTS = ("tensorflow", "tensorflow_datasets", "sklearn", "tensorboardX", "matplotlib")
@@ -43,8 +43,8 @@ def environment(tmp_path, *blocked):
   (site / "sitecustomize.py").write_text(import_blocker(*blocked))
   return dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{REPO}", JAX_PLATFORMS="cpu",
               PYTHON=sys.executable,
-              # One device, as on the GPU host; XLA's backend optimisation off: faster compiles.
-              XLA_FLAGS="--xla_backend_optimization_level=0")
+              # One device, as on the GPU host; faster compiles (tests/runs.py).
+              XLA_FLAGS=FAST_COMPILE_FLAGS)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def summary_lines(stdout):
   return lines
 
 
-@pytest.mark.long(seconds=100)
+@pytest.mark.long(seconds=75)
 def test_every_figure_has_an_ok_line_and_the_summary_files(check):
   result, out = check
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]

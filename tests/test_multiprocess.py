@@ -29,6 +29,7 @@ import pytest
 from alexnet_jax import cli
 from alexnet_jax import distributed
 
+from runs import FAST_COMPILE_FLAGS  # tests/runs.py
 import topology_worker  # tests/: the matrix's worker, whose steps and evaluation size it checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ def process_env(devices: int, extra: dict | None = None) -> dict:
   base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_"))}
   return dict(base, **(extra or {}), PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_backend_optimization_level=0")
+                        f"{FAST_COMPILE_FLAGS}")
 
 
 def start(cmd, devices, *, env=None) -> subprocess.Popen:
@@ -168,7 +169,7 @@ exit $status
 
 # The multi-process groups run one after another on one worker (one xdist group): side by side
 # they oversubscribe the two cores, and processes waiting on their peers' collectives spin.
-@pytest.mark.long(seconds=135)  # the whole group: the tests below using one_process and matrix
+@pytest.mark.long(seconds=115)  # the whole group: the tests below using one_process and matrix
 @pytest.mark.xdist_group("multiprocess")
 def test_one_task_per_device_under_sbatch_trains_like_one_process_and_resumes(one_process,
                                                                              tmp_path):

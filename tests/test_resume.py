@@ -34,7 +34,7 @@ def resumed_from(log: str) -> int:
   return int(match.group(1))
 
 
-@pytest.mark.long(seconds=20)
+@pytest.mark.long(seconds=30)
 def test_killed_and_restarted_run_matches_an_uninterrupted_run(tmp_path):
   reference = runs.reference_run()
   work = str(tmp_path / "run")

@@ -156,7 +156,7 @@ def run_launch(*args, env_extra=None, timeout=600):
                         capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-@pytest.mark.long(seconds=80)
+@pytest.mark.long(seconds=55)
 def test_default_config_reaches_its_stated_accuracy(tmp_path):
   """`python launch.py train` (configs/default.py, offline digits) reaches >= 98% held out."""
   workdir = tmp_path / "default"

@@ -16,13 +16,14 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from alexnet_jax import configlib, distributed  # noqa: E402
+from alexnet_jax import backend, configlib, distributed  # noqa: E402
 
 STEPS = 3  # one epoch of 3 batches of 32, then the held-out evaluation
 EVAL_EXAMPLES = 80  # two evaluation batches of 64, the second with 48 padded rows masked out
 
 
 def main() -> int:
+  backend.start_up()  # this machine's XLA flags, before JAX starts, as launch.py sets them
   parser = argparse.ArgumentParser()
   parser.add_argument("outdir")
   parser.add_argument("strategies", help="name=mesh pairs, comma-separated")
