@@ -15,9 +15,9 @@ def label_rank(scores: jax.Array, labels: jax.Array) -> jax.Array:
   """How many classes score strictly higher than the true one (0 = top-1 correct).
 
   The true class is left out by its index, not by `>`: where `scores` is computed inside the
-  same fused program (an ensemble's mean of probabilities), XLA:CPU may compute the picked true
-  score and the same element in the comparison with different rounding, and the true class then
-  outranked itself (5 of 360 ensemble top-5 errors too many, with the MLIR fusion emitters off).
+  same fused program (an ensemble's mean of probabilities), XLA may compute the picked true
+  score and the same element in the comparison with different rounding, and the true class
+  would then outrank itself.
   """
   true_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
   others = jnp.arange(scores.shape[-1]) != labels[:, None]
