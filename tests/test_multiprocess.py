@@ -3,7 +3,7 @@
 Every layout must train and evaluate exactly as one process holding the same devices.
 
 Processes talk over loopback with gloo collectives; each has its own virtual CPU devices
-(XLA_FLAGS) and XLA's backend optimisation off (the same partitioned program, compiled faster).
+(XLA_FLAGS) and the tests' faster-compiling XLA flags (the same partitioned program).
 
 - scripts/slurm_train.sbatch under a stand-in `srun`: two_tower on a 1x2 mesh over 2 tasks of 1
   device (each tower in its own process, so both processes must load the same rows), against
