@@ -20,6 +20,17 @@ def test_available_on_this_cpu():
   assert onednn.available()
 
 
+@pytest.mark.parametrize("fault", ["wrong numbers", "an error"])
+def test_not_available_where_the_custom_call_computes_otherwise_or_fails(monkeypatch, fault):
+  def wrong(x, kernel, stride, padding, kernel_layout="HWIO"):
+    if fault == "an error":
+      raise RuntimeError("no such custom call")
+    return 1.01 * onednn.xla_conv(x, kernel, stride, padding, kernel_layout)
+
+  monkeypatch.setattr(onednn, "onednn_conv", wrong)
+  assert onednn.available.__wrapped__() is False  # the probe itself, not the cached answer
+
+
 # (batch, size, in, out, kernel, stride, padding): AlexNet's shapes shrunk, plus odd ones.
 CASES = [
     (2, 35, 3, 8, 11, 4, 2),  # owt conv1
