@@ -1,4 +1,4 @@
-"""Tiny config for the tests: a narrow `small` model on digits at 32 px, a few steps.
+"""Tiny config for the tests: the `small` model at a quarter width on digits at 32 px, a few steps.
 
   python launch.py train --config configs/test.py --workdir /tmp/alexnet_test
 """
@@ -9,7 +9,7 @@ from alexnet_jax.configlib import base_config
 def get_config():
   c = base_config()
   c.model.name = "small"
-  c.model.width = 0.5
+  c.model.width = 0.25
   c.model.num_classes = 10
   c.data.name = "digits"
   c.data.resize_size = 36

@@ -22,8 +22,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # XLA flags of the test processes: compiles several times faster, the same results to float
 # rounding (each test compares programs built alike). XLA's backend (LLVM) optimisation off, and
 # XLA:CPU's MLIR fusion emitters off (its older LLVM IR emitters compile these programs in about
-# half the time; docs/performance.md).
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# half the time; docs/performance.md). Eigen's convolutions and matrix products on one thread:
+# two pytest-xdist workers, and groups of several processes, already keep both cores busy, and
+# threads that wait for work spin on a core another process could use.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                      "--xla_cpu_multi_thread_eigen=false")
 
 
 def config_with(**overrides):

@@ -13,7 +13,7 @@ from alexnet_jax import hlo
 from runs import FAST_COMPILE_FLAGS  # tests/runs.py: faster compiles, the same program
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEST_MODEL_PARAMS = 93_674  # configs/test.py: the `small` model at width 0.5, 10 classes
+TEST_MODEL_PARAMS = 24_154  # configs/test.py: the `small` model at width 0.25, 10 classes
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,8 @@ def test_compare_collectives_match_the_hand_count(compare_run):
   # FSDP gathers every sharded layer's weights: the hand count of weights is what moves.
   fsdp = rows["fsdp"]
   assert int(fsdp["all-gather_bytes"]) == pytest.approx(int(fsdp["hand_bytes_weights"]), rel=0.01)
-  assert {"conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"} <= set(
+  # (conv4, 12 x 12 channels per tower here, has no dimension the 8 devices divide: replicated.)
+  assert {"conv2", "conv3", "conv5", "fc6", "fc7", "fc8"} <= set(
       fsdp["all-gather_layers"].partition(": ")[2].split())
   # One weird trick: the first exchange of activations is fc6's input.
   trick = rows["weird_trick"]

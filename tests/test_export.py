@@ -142,10 +142,10 @@ def test_a_file_of_another_class_count_or_variant_names_the_first_mismatched_ten
   owt.model.name, owt.model.width = "owt", 0.25
   owt.data.crop_size = owt.data.resize_size = 64
   want = export.expected_tensors(owt)
-  first = next(iter(want))  # params/conv1/bias: 16 channels here, 8 per tower x 2 in the file
+  first = next(iter(want))  # params/conv1/bias: 16 channels here, 4 per tower x 2 in the file
   with pytest.raises(export.ExportError) as e:
     export.load(out, expect=owt)
-  assert f"tensor {first} has shape (2, 8) in the file but {tuple(want[first].shape)}" in str(e.value)
+  assert f"tensor {first} has shape (2, 4) in the file but {tuple(want[first].shape)}" in str(e.value)
   assert "variant 'owt'" in str(e.value)
 
 

@@ -122,7 +122,7 @@ def test_kernels_of_a_checkpoint_per_tower(trained, tmp_path, capsys):
   numbers = json.load(open(tmp_path / "kernels.json"))
   step, params = restore_params_with_orbax(trained["workdir"])
   kernel = np.asarray(params["conv1"]["kernel"])  # (towers, kh, kw, 3, out)
-  assert kernel.shape == (2, 5, 5, 3, 8)
+  assert kernel.shape == (2, 5, 5, 3, 4)
   assert numbers["step"] == step and numbers["model"] == "small"
   assert [t["tower"] for t in numbers["towers"]] == [0, 1]
   for t, tower in enumerate(numbers["towers"]):
@@ -165,7 +165,7 @@ def features(trained, tmp_path_factory):
 
 def test_features_are_the_classifiers_input_in_split_order(loaded, features):
   feats, labels = features
-  assert feats.shape == (360, 128) and feats.dtype == np.float32  # fc7: 2 towers x 64 units
+  assert feats.shape == (360, 64) and feats.dtype == np.float32  # fc7: 2 towers x 32 units
   np.testing.assert_array_equal(labels, load_digits().target[::5])  # every 5th digit held out
   # fc8(features) must give the model's own logits on the same centre crops.
   batch = next(data.eval_iterator(loaded.cfg, "validation", batch_size=64, shard_index=0,

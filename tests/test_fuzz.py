@@ -159,7 +159,7 @@ def test_a_rejected_config_leaves_no_directory_behind(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("model.width", "0.25", "config.model.width (0.5 there, 0.25 now)"),
+    ("model.width", "0.5", "config.model.width (0.25 there, 0.5 now)"),
     ("seed", "3", "config.seed (0 there, 3 now)"),
     ("data.crop_size", "30", "config.data.crop_size (32 there, 30 now)"),
 ])

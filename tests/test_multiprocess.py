@@ -171,6 +171,9 @@ exit $status
 # they oversubscribe the two cores, and processes waiting on their peers' collectives spin.
 @pytest.mark.long(seconds=115)  # the whole group: the tests below using one_process and matrix
 @pytest.mark.xdist_group("multiprocess")
+# The group's first test starts the late-first-step pair (below): its 40 s wait then passes
+# while this test and the matrix run, not after them with a core idle.
+@pytest.mark.usefixtures("late_first_step")
 def test_one_task_per_device_under_sbatch_trains_like_one_process_and_resumes(one_process,
                                                                              tmp_path):
   """scripts/slurm_train.sbatch under the stand-in srun: two_tower with each tower in its own
@@ -264,7 +267,7 @@ print("first step's loss", float(metrics["loss"]))
 @pytest.fixture(scope="module")
 def late_first_step():
   """Two processes, one 40 s late to the program's first train step (started, not waited for:
-  the matrix below runs meanwhile)."""
+  the group's other tests run meanwhile)."""
   return start_group([sys.executable, "-c", LATE_STEP], 2, 1)
 
 

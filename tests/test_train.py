@@ -48,10 +48,20 @@ def full_size(name, size):
                         "data.crop_size": size, "data.resize_size": 256})
 
 
-def test_the_papers_full_size_network_trains_a_step():
+def test_the_papers_full_size_network_starts_as_the_paper_says_and_trains_a_step():
   cfg = full_size("paper", 227)
   fns, tx, schedule, init = one_step_setup(cfg)
   state = create_state(init)
+  # The paper's initialisation (section 5): every weight from N(0, 0.01^2); biases 1 in conv2,
+  # conv4, conv5 and the fully connected layers, 0 elsewhere.
+  for name, layer in state.params.items():
+    kernel = np.asarray(layer["kernel"])
+    assert abs(kernel.mean()) < 1e-3, name
+    assert kernel.std() == pytest.approx(0.01, rel=0.05 if kernel.size > 30_000 else 0.2), name
+    ones = name in ("conv2", "conv4", "conv5", "fc6", "fc7", "fc8")
+    np.testing.assert_array_equal(layer["bias"], 1.0 if ones else 0.0, err_msg=name)
+  assert sorted(state.params) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
+                                  "fc8"]
   before = np.asarray(state.params["fc6"]["kernel"][..., :4])
   step = jax.jit(program.make_train_step(cfg, fns, tx, schedule), donate_argnums=0,
                  compiler_options=FAST)
