@@ -361,11 +361,19 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(trained, tmp_path, c
   assert snapshot(run / "checkpoints") == before  # the previous checkpoint, byte for byte
 
 
+def tmpfs_bytes(directory) -> int:
+  """What the files under `directory` take on a tmpfs, which stores whole pages."""
+  page = os.sysconf("SC_PAGE_SIZE")
+  return sum(-(-os.path.getsize(os.path.join(r, f)) // page) * page
+             for r, _, fs in os.walk(directory) for f in fs)
+
+
 def test_a_disk_that_fills_during_a_checkpoint_write(trained, tmp_path, capsys, monkeypatch):
   """A real full filesystem: Orbax's write fails midway (its free-space check is bypassed)."""
-  used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(trained["run"])
-             for f in fs)
-  with mounted(tmp_path / "small", f"size={used + 400 * 1024}") as mount:
+  used = tmpfs_bytes(trained["run"])
+  # Room for the copy and half a checkpoint more: the next checkpoint's write runs out midway.
+  half_a_checkpoint = tmpfs_bytes(os.path.join(trained["run"], "checkpoints", "4")) // 2
+  with mounted(tmp_path / "small", f"size={used + half_a_checkpoint}") as mount:
     run = mount / "run"
     shutil.copytree(trained["run"], run)
     before = snapshot(run / "checkpoints")
